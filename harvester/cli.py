@@ -1,0 +1,235 @@
+"""The `harvester` command: migrate, run, backfill, status and demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from sqlalchemy import Engine
+
+from harvester import __version__, bookability, database, report, store
+from harvester.config import Config, load_config
+from harvester.errors import ConfigError, DatabaseError, HarvesterError
+from harvester.fetch import Fetcher
+from harvester.logs import setup_logging
+from harvester.pipeline import Harvester
+from harvester.worker import RunReport, Worker, new_owner
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED_FEEDS, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m harvester`."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return int(args.handler(args, os.environ))
+    except ConfigError as exc:
+        print(f"harvester: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseError as exc:
+        print(f"harvester: database error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    except HarvesterError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
+        return EXIT_FAILED_FEEDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every option names its environment variable."""
+    parser = argparse.ArgumentParser(prog="harvester", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", help="PostgreSQL URL (env: DATABASE_URL); "
+                        "none: an embedded PostgreSQL in HARVESTER_DATA_DIR")  # fmt: skip
+    common.add_argument("--config", help="feeds config TOML (env: HARVESTER_CONFIG)")
+    common.add_argument("--log-level", default=os.environ.get("HARVESTER_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING... (env: HARVESTER_LOG_LEVEL)")  # fmt: skip
+    common.add_argument("--log-format", choices=("text", "json"),
+                        default=os.environ.get("HARVESTER_LOG_FORMAT", "text"),
+                        help="text or json lines (env: HARVESTER_LOG_FORMAT)")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = _command_adder(commands, common)
+    add("migrate", command_migrate, "bring the schema to the newest migration")
+    run = add("run", command_run, "harvest every feed, forever (or --once)")
+    run.add_argument("--once", action="store_true", help="exit when every feed is caught up")
+    backfill = add("backfill", command_backfill, "harvest feeds again from their first page")
+    backfill.add_argument("--source", action="append", help="only this source (repeatable)")
+    backfill.add_argument("--feed", action="append", help="only this feed URL (repeatable)")
+    add("status", command_status, "one line per feed")
+    demo = add("demo", command_demo, "sample publisher + embedded PostgreSQL, end to end")
+    demo.add_argument("--items", type=int, default=2_000, help="sample items to publish")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep harvesting after the first pass, for exploring")  # fmt: skip
+    return parser
+
+
+def _command_adder(
+    commands: Any, common: argparse.ArgumentParser
+) -> Callable[..., argparse.ArgumentParser]:
+    def add(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    return add
+
+
+def command_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester migrate`."""
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+    print("harvester: schema is at the newest migration")
+    return EXIT_OK
+
+
+def command_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester run [--once]`."""
+    config = read_config(args, environ)
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+        outcome = harvest(engine, config, once=args.once)
+    return finish_run(outcome, args.once)
+
+
+def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester backfill [--source NAME] [--feed URL]`."""
+    config = read_config(args, environ)
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+        with engine.begin() as conn:
+            sync_sources(conn, config)
+            feeds = select_feeds(store.load_feeds(conn, config_pairs(config)), args)
+            feeds = [store.start_backfill(conn, feed.id) for feed in feeds]
+        for feed in feeds:
+            logger.info("backfilling %s", feed.url, extra={"event": "backfill_started"})
+        outcome = harvest(engine, config, once=True, feeds=feeds, progress=True)
+    return finish_run(outcome, once=True)
+
+
+def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester status`."""
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+        with engine.connect() as conn:
+            report.print_status(store.feed_status(conn), sys.stdout)
+            report.print_reasons(store.not_bookable_reasons(conn), sys.stdout)
+    return EXIT_OK
+
+
+def command_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester demo`: everything local, nothing to set up."""
+    from harvester import demo
+
+    return demo.run_demo(args, environ, harvest)
+
+
+def harvest(
+    engine: Engine, config: Config, *, once: bool, feeds: list[store.FeedRow] | None = None,
+    progress: bool = False,
+) -> RunReport:
+    """Sync sources, then run the worker until done or stopped by a signal."""
+    if feeds is None:
+        with engine.begin() as conn:
+            sync_sources(conn, config)
+            feeds = store.load_feeds(conn, config_pairs(config))
+    stop = threading.Event()
+    fetcher = Fetcher(config.settings)
+    harvester = Harvester(
+        engine=engine, fetcher=fetcher, settings=config.settings,
+        sources={source.name: source for source in config.sources},
+        owner=new_owner(), stop=stop,
+    )  # fmt: skip
+    try:
+        with stop_on_signals(stop), report.progress_display(harvester, enabled=progress):
+            return Worker(harvester, feeds, once=once).run()
+    finally:
+        fetcher.close()
+
+
+def finish_run(outcome: RunReport, once: bool, out: TextIO = sys.stdout) -> int:
+    """Print the summary; non-zero when any feed failed (with --once)."""
+    print(f"harvester: {outcome.pages} pages, {outcome.items} items written", file=out)
+    for feed, reason in sorted(outcome.failures.items()):
+        print(f"harvester: FAILED {feed}: {reason}", file=sys.stderr)
+    return EXIT_FAILED_FEEDS if once and outcome.failures else EXIT_OK
+
+
+def sync_sources(conn: Any, config: Config) -> None:
+    """Register every configured source and feed."""
+    for source in config.sources:
+        store.sync_source(conn, source, bookability.checkout_prefix(source.checkout_base_url))
+
+
+def config_pairs(config: Config) -> list[tuple[str, str]]:
+    """(source, feed URL) of every configured feed."""
+    return [(source.name, url) for source in config.sources for url in source.feeds]
+
+
+def select_feeds(feeds: list[store.FeedRow], args: argparse.Namespace) -> list[store.FeedRow]:
+    """The feeds a backfill names (all when none is named)."""
+    chosen = [
+        feed for feed in feeds
+        if (not args.source or feed.source in args.source)
+        and (not args.feed or feed.url in args.feed)
+    ]  # fmt: skip
+    if not chosen:
+        raise ConfigError("backfill: no configured feed matches --source/--feed")
+    return chosen
+
+
+def read_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """The config named by --config or HARVESTER_CONFIG."""
+    path = args.config or environ.get("HARVESTER_CONFIG")
+    if not path:
+        raise ConfigError("no feeds config: give --config PATH or set HARVESTER_CONFIG")
+    return load_config(path, environ)
+
+
+@contextmanager
+def open_database(args: argparse.Namespace, environ: Mapping[str, str]) -> Iterator[Engine]:
+    """An engine on the given database, or on the embedded one; disposed on exit."""
+    url = database.environ_database_url(args.database_url, environ)
+    with database.resolve_database(url, environ) as resolved:
+        if not url:
+            print(f"harvester: embedded PostgreSQL in {database.default_data_dir(environ)}",
+                  file=sys.stderr)  # fmt: skip
+        engine = database.make_engine(resolved)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT ask for a clean stop: the page in hand is committed first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logger.info("stopping on %s", signal.Signals(signum).name, extra={"event": "stopping"})
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def now_utc() -> datetime:
+    """The current instant, aware."""
+    return datetime.now(UTC)

@@ -1,0 +1,115 @@
+"""Which database: a given URL in either form, or an embedded PostgreSQL; and migrations."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from harvester.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 7_310_413_001  # advisory lock key: one migrator at a time
+
+
+def normalise_url(url: str) -> str:
+    """Accept libpq (`postgresql://`, `postgres://`) and SQLAlchemy forms; use psycopg 3."""
+    try:
+        parsed = make_url(url.strip())
+    except Exception as exc:
+        raise DatabaseError(f"not a database URL: {redact(url)}") from exc
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseError(f"only PostgreSQL is supported, got {parsed.get_backend_name()}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """Where the embedded PostgreSQL keeps its data: HARVESTER_DATA_DIR or the user data dir."""
+    if environ.get("HARVESTER_DATA_DIR"):
+        return Path(environ["HARVESTER_DATA_DIR"]).expanduser()
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "harvester" / "pgdata"
+
+
+@contextmanager
+def embedded_database(data_dir: Path) -> Iterator[str]:
+    """Start (or join) an embedded PostgreSQL in `data_dir`; stop it when the last user leaves."""
+    import pgserver  # imported here: only the zero-setup path needs it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "embedded PostgreSQL in %s", data_dir, extra={"event": "embedded_db", "path": str(data_dir)}
+    )
+    try:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}") from exc
+    try:
+        yield normalise_url(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def resolve_database(url: str | None, environ: Mapping[str, str]) -> Iterator[str]:
+    """The given URL, or the embedded server's when none is given."""
+    if url:
+        yield normalise_url(url)
+        return
+    with embedded_database(default_data_dir(environ)) as embedded:
+        yield embedded
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine whose sessions speak UTC and say who they are."""
+    connect_args = {"application_name": "harvester", "options": "-c timezone=UTC"}
+    return create_engine(
+        normalise_url(url),
+        pool_pre_ping=True,
+        pool_size=options.pop("pool_size", 8),
+        max_overflow=options.pop("max_overflow", 8),
+        connect_args=connect_args,
+        **options,
+    )
+
+
+def migrations_path() -> Path:
+    """The alembic scripts, shipped inside the package as harvester.migrations."""
+    return Path(str(resources.files("harvester.migrations")))
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe when several workers start at once."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"migration failed: {exc}") from exc
+
+
+def environ_database_url(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--database-url wins over DATABASE_URL."""
+    return cli_value or environ.get("DATABASE_URL") or None

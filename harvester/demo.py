@@ -1,0 +1,89 @@
+"""`harvester demo`: the bundled sample publisher, an embedded PostgreSQL, one full harvest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import make_url, text
+
+from harvester import database, report, store
+from harvester.config import Config, parse_config
+from harvester.sample import SamplePublisher
+
+DEMO_DATABASE = "harvester_demo"
+
+
+def run_demo(
+    args: argparse.Namespace, environ: Mapping[str, str], harvest: Callable[..., Any]
+) -> int:
+    """Publish sample feeds on 127.0.0.1, harvest them, print what is bookable now."""
+    with demo_database(args.database_url, environ) as url:
+        engine = database.make_engine(url)
+        try:
+            database.migrate(engine)
+            with SamplePublisher(items=args.items) as publisher:
+                config = parse_config(publisher.to_config_toml(), environ, "<demo>")
+                harvest_once(engine, config, harvest)
+                show_results(engine)
+                print(f"\nquery it yourself: psql '{database.redact(libpq_url(url))}'")
+                if args.keep_running:
+                    print("harvesting until Ctrl-C; the publisher keeps serving at "
+                          f"{publisher.base_url}")  # fmt: skip
+                    harvest(engine, config, once=False)
+        finally:
+            engine.dispose()
+    return 0
+
+
+def harvest_once(engine: Any, config: Config, harvest: Callable[..., Any]) -> None:
+    """One pass over every sample feed, timed."""
+    started = time.perf_counter()
+    outcome = harvest(engine, config, once=True)
+    seconds = time.perf_counter() - started
+    rate = outcome.items / seconds if seconds else 0.0
+    print(f"harvested {outcome.items} items in {outcome.pages} pages, {seconds:.2f}s "
+          f"({rate:,.0f} items/s)")  # fmt: skip
+    for feed, reason in outcome.failures.items():
+        print(f"FAILED {feed}: {reason}", file=sys.stderr)
+
+
+def show_results(engine: Any) -> None:
+    """What is bookable now, and why the rest is not."""
+    with engine.connect() as conn:
+        total = store.count_bookable_now(conn)
+        report.print_bookable(store.bookable_now(conn, 15), total, sys.stdout)
+        report.print_reasons(store.not_bookable_reasons(conn), sys.stdout)
+
+
+@contextmanager
+def demo_database(url: str | None, environ: Mapping[str, str]) -> Iterator[str]:
+    """The given database, or a fresh `harvester_demo` database on the embedded server."""
+    if url:
+        yield database.normalise_url(url)
+        return
+    data_dir = database.default_data_dir(environ)
+    with database.embedded_database(data_dir) as server_url:
+        print(f"embedded PostgreSQL in {data_dir}")
+        yield recreate_database(server_url, DEMO_DATABASE)
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create `name` on the server; return its URL."""
+    engine = database.make_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL, for psql."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

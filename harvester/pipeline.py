@@ -1,0 +1,166 @@
+"""One feed, page by page: fetch, check, and commit each page with the feed's new position.
+
+The next page is fetched and parsed in the background while the current one is written,
+so the publisher and PostgreSQL work at the same time. Only a committed page moves the
+feed on: a crash anywhere re-fetches from the stored position, and the upsert's
+`modified` rule makes the replay harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from harvester import records, rpde, store
+from harvester.config import Settings, Source
+from harvester.fetch import Fetcher, Response, retrying
+from harvester.store import FeedRow, PageWrite
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A fetched page, checked and turned into rows, ready to write."""
+
+    page: rpde.Page
+    rows: list[records.Row]
+    max_age: float | None
+
+
+@dataclass
+class Progress:
+    """What a harvest of one feed did; read by status lines, metrics and the progress bar."""
+
+    pages: int = 0
+    items: int = 0
+    rejected: int = 0
+    caught_up: bool = False
+    max_age: float | None = None
+    last_page_at: float = 0.0  # time.monotonic()
+
+
+@dataclass
+class Harvester:
+    """What harvesting needs: the database, the HTTP client, settings, and a stop signal."""
+
+    engine: Engine
+    fetcher: Fetcher
+    settings: Settings
+    sources: dict[str, Source]
+    owner: str | None = None
+    stop: threading.Event | None = None
+    on_page: Callable[[FeedRow, Progress], None] | None = None
+
+    def stopping(self) -> bool:
+        """True once shutdown was asked for."""
+        return self.stop is not None and self.stop.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but wake at once on shutdown."""
+        if self.stop is None:
+            time.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+
+    def harvest(self, feed: FeedRow) -> Progress:
+        """Harvest `feed` until its last page, shutdown, or an error (raised)."""
+        progress = Progress()
+        pending = run_in_background(lambda: self.fetch_parsed(feed, feed.next_url))
+        while True:
+            parsed = wait_for(pending, self.stopping)
+            if parsed is None:
+                return progress
+            last = parsed.page.is_last or parsed.page.repeats_itself
+            if not last:
+                url = parsed.page.next_url
+                pending = run_in_background(lambda url=url: self.fetch_parsed(feed, url))
+            feed = self.write(feed, parsed, last)
+            self.count(feed, progress, parsed, last)
+            if last or self.stopping():
+                return progress
+
+    def fetch_parsed(self, feed: FeedRow, url: str) -> Parsed:
+        """Fetch (with bounded retries), check and convert one page."""
+        source = self.sources[feed.source]
+        for attempt in retrying(self.settings, self.sleep, self.stopping):
+            with attempt:
+                response = self.fetcher.get(url, source.headers)
+                page = rpde.parse_page(url, response.body)
+        rpde.check_origin(feed.url, page.next_url)
+        return Parsed(page, records.to_rows(page.items), _max_age(response))
+
+    def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> FeedRow:
+        """Commit the page and the feed's new position in one transaction."""
+        page = parsed.page
+        if page.repeats_itself:
+            logger.warning(
+                "%s: page with items names itself as next; treated as the last page", page.url,
+                extra={"event": "page_repeats_itself", "feed": feed.url},
+            )  # fmt: skip
+        write = PageWrite(parsed.rows, page.rejected, page.url, page.next_url, last)
+        with self.engine.begin() as conn:
+            store.write_page(
+                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds
+            )
+        if last and feed.backfill_generation is not None:
+            return replace(feed, next_url=page.next_url, generation=feed.backfill_generation,
+                           backfill_generation=None)  # fmt: skip
+        return replace(feed, next_url=page.next_url)
+
+    def count(self, feed: FeedRow, progress: Progress, parsed: Parsed, last: bool) -> None:
+        """Update the progress and log the page."""
+        page = parsed.page
+        progress.pages += 1
+        progress.items += len(parsed.rows)
+        progress.rejected += len(page.rejected)
+        progress.caught_up = last
+        progress.max_age = parsed.max_age
+        progress.last_page_at = time.monotonic()
+        for rejected in page.rejected:
+            logger.warning(
+                "%s: item %s set aside: %s", page.url, rejected.id or f"#{rejected.position}",
+                rejected.reason, extra={"event": "item_rejected", "feed": feed.url},
+            )  # fmt: skip
+        logger.debug(
+            "%s: %d items", page.url, len(parsed.rows),
+            extra={"event": "page_stored", "feed": feed.url, "items": len(parsed.rows)},
+        )  # fmt: skip
+        if self.on_page is not None:
+            self.on_page(feed, progress)
+
+
+def run_in_background(function: Callable[[], T]) -> Future[T]:
+    """Run in a daemon thread, so an HTTP request in flight never delays shutdown."""
+    future: Future[T] = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="harvester-fetch", daemon=True).start()
+    return future
+
+
+def wait_for(future: Future[T], stopping: Callable[[], bool]) -> T | None:
+    """The future's result, or None if shutdown is asked for first."""
+    while not stopping():
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            continue
+    return None
+
+
+def _max_age(response: Any) -> float | None:
+    return response.max_age if isinstance(response, Response) else None

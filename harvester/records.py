@@ -1,0 +1,78 @@
+"""RPDE items turned into the flat rows the store copies in: pure, one pass per page."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from harvester import bookability
+from harvester.rpde import Item
+
+# The staging table's columns, in the order `to_row` returns them.
+STAGING_COLUMNS = (
+    "kind", "rpde_id", "deleted", "modified", "modified_text", "data", "type", "role",
+    "item_id", "identifier", "start_date", "end_date", "parent_ref", "problem",
+    "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
+    "through_months", "through_micros", "refs",
+)  # fmt: skip
+Row = tuple[Any, ...]
+_EMPTY_CHILD = (None,) * 8
+_EMPTY_OFFER = (None,) * 5
+
+
+def to_rows(items: list[Item]) -> list[Row]:
+    """One staging row per item, tombstones included."""
+    return [to_row(item) for item in items]
+
+
+def to_row(item: Item) -> Row:
+    """The staging row of one item: envelope, then what bookability reads from its data."""
+    head = (item.kind, item.id, item.deleted, item.modified_number, item.modified_text)
+    if item.data is None:
+        return (*head, None, None, None, *_EMPTY_CHILD, *_EMPTY_OFFER, None)
+    item_type = bookability.type_of(item.kind, item.data)
+    body = (dump_json(item.data), item_type)
+    if item_type in bookability.CHILD_TYPES:
+        return (*head, *body, "child", *child_fields(item_type, item.data), None)
+    if item_type in bookability.PARENT_TYPES:
+        parent = bookability.read_parent(item_type, item.data)
+        return (*head, *body, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
+                list(parent.refs))  # fmt: skip
+    return (*head, *body, "other", bookability.id_of(item.data), *_EMPTY_CHILD[1:],
+            *_EMPTY_OFFER, None)  # fmt: skip
+
+
+def child_fields(item_type: str, data: dict[str, Any]) -> Row:
+    """item_id … offer columns of a child (the offer is its embedded parent's, if any)."""
+    child = bookability.read_child(item_type, data)
+    offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
+    return (
+        child.id, child.identifier, child.start_date, child.end_date, child.parent_ref,
+        child.problem, bookability.checkout_path(item_type, child.identifier),
+        child.embedded_type, *offer,
+    )  # fmt: skip
+
+
+def offer_fields(offer: bookability.Offer) -> Row:
+    """offer_problem, from_months, from_micros, through_months, through_micros."""
+    valid_from, through = offer.valid_from, offer.valid_through
+    return (
+        offer.problem,
+        valid_from.months if valid_from else None,
+        valid_from.micros if valid_from else None,
+        through.months if through else None,
+        through.micros if through else None,
+    )
+
+
+def dump_json(data: dict[str, Any]) -> str:
+    """JSON text for jsonb; PostgreSQL refuses the NUL character, so it is replaced."""
+    try:
+        text = orjson.dumps(data).decode()
+    except TypeError:
+        text = json.dumps(data)  # integers beyond 64 bits
+    if "\\u0000" in text:
+        text = text.replace("\\u0000", "\\ufffd")
+    return text

@@ -1,0 +1,140 @@
+"""The tables, as SQLAlchemy Core metadata: the source of truth the migrations must match.
+
+Internal tables live in the `harvester` schema; what downstream apps read (the view
+`bookable_now`, the function `bookable_at`, the view `opportunity_status`) is in
+`public`, created by the migrations with full SQL text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSTZRANGE
+
+SCHEMA = "harvester"
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
+TIMESTAMPTZ = TIMESTAMP(timezone=True)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("checkout_prefix", Text),  # https://{checkout_base_url}/ or NULL
+    Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+)
+
+feeds = Table(
+    "feeds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", Text, ForeignKey("harvester.sources.name"), nullable=False),
+    Column("url", Text, nullable=False),  # the configured first page
+    Column("next_url", Text, nullable=False),  # RPDE: the only position a consumer keeps
+    Column("state", Text, nullable=False, server_default="new"),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("backfill_generation", Integer),  # set while a backfill is under way
+    Column("pages", BigInteger, nullable=False, server_default="0"),
+    Column("items_written", BigInteger, nullable=False, server_default="0"),
+    Column("last_page_at", TIMESTAMPTZ),
+    Column("caught_up_at", TIMESTAMPTZ),
+    Column("retry_at", TIMESTAMPTZ),
+    Column("last_error", Text),
+    Column("last_error_at", TIMESTAMPTZ),
+    Column("lease_owner", Text),
+    Column("lease_until", TIMESTAMPTZ),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("source", "url"),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # the RPDE kind, as the publisher spells it
+    Column("rpde_id", Text, nullable=False),
+    Column("feed_id", Integer, nullable=False),
+    # RPDE `modified`: integers exactly (may exceed 2^63), anything else as text.
+    Column("modified", Numeric),
+    Column("modified_text", Text),
+    Column("data", JSONB, nullable=False),
+    Column("type", Text, nullable=False),  # ScheduledSession, Slot, SessionSeries, ...
+    Column("role", Text, nullable=False),  # child, parent or other
+    Column("seen_generation", Integer, nullable=False, server_default="0"),
+    Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    Column("item_id", Text),  # data @id
+    Column("identifier", Text),
+    Column("start_date", TIMESTAMPTZ),
+    Column("end_date", TIMESTAMPTZ),
+    Column("parent_ref", Text),  # superEvent / facilityUse @id
+    Column("problem", Text),  # why this item itself cannot be booked
+    Column("checkout_path", Text),
+    Column("checkout_url", Text),
+    Column("embedded_type", Text),  # a child's embedded parent's type
+    # The publicAdult offer: a parent's own, or a child's embedded parent's.
+    Column("offer_problem", Text),
+    Column("from_months", Integer),
+    Column("from_micros", BigInteger),
+    Column("through_months", Integer),
+    Column("through_micros", BigInteger),
+    Column("refs", ARRAY(Text)),  # a parent's @id and its individualFacilityUse @ids
+    Column("parent_kind", Text),  # a child's resolved published parent
+    Column("parent_rpde_id", Text),
+    Column("bookable", TSTZRANGE),  # when this child can be booked; NULL: never
+    PrimaryKeyConstraint("source", "kind", "rpde_id"),
+    Index(
+        "ix_items_bookable",
+        "bookable",
+        postgresql_using="gist",
+        postgresql_where=text("bookable IS NOT NULL"),
+    ),
+    Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
+    Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
+    Index("ix_items_feed_id", "feed_id", "seen_generation"),
+)
+
+parent_refs = Table(
+    "parent_refs",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("ref_id", Text, nullable=False),
+    Column("parent_kind", Text, nullable=False),
+    Column("parent_rpde_id", Text, nullable=False),
+    Column("is_self", Boolean, nullable=False),  # the ref is the parent's own @id
+    PrimaryKeyConstraint("source", "ref_id", "parent_kind", "parent_rpde_id"),
+    Index("ix_parent_refs_parent", "source", "parent_kind", "parent_rpde_id"),
+)
+
+rejected_items = Table(
+    "rejected_items",
+    metadata,
+    Column("feed_id", Integer, nullable=False),
+    Column("item_key", Text, nullable=False),
+    Column("page_url", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("kind", Text),
+    Column("rpde_id", Text),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("seen_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("feed_id", "item_key"),
+)

@@ -1,0 +1,274 @@
+"""The long-running loop: every feed of every source, each on its own schedule.
+
+A feed is harvested to its last page, then polled no more often than every
+`min_poll_seconds` (or the last page's max-age, when longer). One feed's trouble parks
+that feed and never stops the others. Several worker processes may share a database:
+a feed is written only by the worker holding its lease, renewed with every page.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from harvester import store
+from harvester.errors import (
+    FatalFeedError,
+    FeedError,
+    FeedGone,
+    FeedOverloaded,
+    LeaseLost,
+    RetriableFeedError,
+)
+from harvester.pipeline import Harvester, Progress, run_in_background
+from harvester.store import FeedRow
+
+logger = logging.getLogger(__name__)
+
+ERROR_RETRY_SECONDS = 3600.0  # a feed in error is tried again hourly by `run`
+DATABASE_RETRY_SECONDS = (1.0, 30.0)  # back-off range while the database is away
+
+
+@dataclass
+class FeedOutcome:
+    """How a feed's last harvest ended."""
+
+    feed: FeedRow
+    progress: Progress | None = None
+    error: Exception | None = None
+    retry_in: float | None = None  # None: do not retry (gone)
+    state: str = "caught_up"
+
+
+@dataclass
+class RunReport:
+    """What `run --once` reports: the feeds that failed, and why."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    pages: int = 0
+    items: int = 0
+
+
+def new_owner() -> str:
+    """A worker's identity in leases: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Schedules the feeds over a bounded number of harvesting threads."""
+
+    def __init__(self, harvester: Harvester, feeds: list[FeedRow], *, once: bool) -> None:
+        self.harvester = harvester
+        self.settings = harvester.settings
+        self.once = once
+        self.feeds = {feed.id: feed for feed in feeds}
+        self.due: list[tuple[float, int]] = []
+        self.running: set[int] = set()
+        self.finished: set[int] = set()
+        self.report = RunReport()
+        for feed in feeds:
+            self.schedule_stored(feed)
+        self.wake = threading.Condition()
+        self.outcomes: list[FeedOutcome] = []
+        self.database_failures = 0
+
+    def run(self) -> RunReport:
+        """Harvest until stopped (or, with once, until every feed is done)."""
+        try:
+            while not self.harvester.stopping() and not self.all_done():
+                self.collect_outcomes()
+                self.start_due_feeds()
+                self.wait_for_work()
+        finally:
+            self.drain()
+        return self.report
+
+    def schedule_stored(self, feed: FeedRow) -> None:
+        """First turn of a feed: gone feeds are not retried; backing-off ones wait (run only)."""
+        if feed.state == "gone":
+            logger.warning(
+                "%s: gone (HTTP 404/410); not retried. `harvester backfill --feed URL` resets it",
+                feed.url, extra={"event": "feed_gone", "feed": feed.url},
+            )  # fmt: skip
+            self.finished.add(feed.id)
+            if self.once:
+                self.report.failures[f"{feed.source} {feed.url}"] = "the feed is gone (404/410)"
+            return
+        delay = 0.0
+        if not self.once and feed.retry_at is not None:
+            delay = max(0.0, (feed.retry_at - datetime.now(UTC)).total_seconds())
+        self.schedule(feed.id, delay)
+
+    def all_done(self) -> bool:
+        """With once: every feed reached its last page or failed."""
+        return self.once and len(self.finished) == len(self.feeds)
+
+    def start_due_feeds(self) -> None:
+        """Start the feeds whose time has come, within the thread budget."""
+        now = time.monotonic()
+        while self.due and self.due[0][0] <= now and len(self.running) < self.settings.workers:
+            _, feed_id = heapq.heappop(self.due)
+            if feed_id in self.running or feed_id in self.finished:
+                continue
+            if not self.claim(feed_id):
+                self.schedule(feed_id, self.settings.lease_seconds / 2)
+                continue
+            self.running.add(feed_id)
+            run_in_background(lambda feed_id=feed_id: self.harvest(feed_id))
+
+    def claim(self, feed_id: int) -> bool:
+        """Take the feed's lease (always true without an owner: a single worker)."""
+        owner = self.harvester.owner
+        if owner is None:
+            return True
+        try:
+            with self.harvester.engine.begin() as conn:
+                return store.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
+        except (OperationalError, DBAPIError) as exc:
+            self.note_database_failure(exc)
+            return False
+
+    def harvest(self, feed_id: int) -> None:
+        """One harvest task: run the feed to its last page and hand back the outcome."""
+        outcome = self.harvest_feed(feed_id)
+        with self.wake:
+            self.outcomes.append(outcome)
+            self.wake.notify_all()
+
+    def harvest_feed(self, feed_id: int) -> FeedOutcome:
+        """Harvest from the stored position; classify what went wrong."""
+        feed = self.feeds[feed_id]
+        try:
+            with self.harvester.engine.begin() as conn:
+                feed = store.load_feed(conn, feed_id)
+            progress = self.harvester.harvest(feed)
+            return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
+        except FeedError as exc:
+            return self.feed_failed(feed, exc)
+        except LeaseLost as exc:
+            logger.info("%s", exc, extra={"event": "lease_lost", "feed": feed.url})
+            return FeedOutcome(feed, retry_in=self.settings.lease_seconds, state="elsewhere")
+        except (OperationalError, DBAPIError) as exc:
+            delay = self.note_database_failure(exc)
+            return FeedOutcome(feed, error=exc, retry_in=delay, state="database")
+        except Exception as exc:  # an unforeseen bug must not kill the other feeds
+            logger.exception("%s: unexpected error", feed.url, extra={"event": "feed_crashed"})
+            return FeedOutcome(feed, error=exc, retry_in=ERROR_RETRY_SECONDS, state="error")
+
+    def poll_interval(self, progress: Progress) -> float:
+        """RPDE/imin: at most one poll of a last page per 8 s; longer if max-age says so."""
+        interval = self.settings.min_poll_seconds
+        if progress.max_age is not None:
+            interval = max(interval, min(progress.max_age, self.settings.max_poll_seconds))
+        return interval
+
+    def feed_failed(self, feed: FeedRow, error: FeedError) -> FeedOutcome:
+        """Park the feed as RPDE asks and record why."""
+        state, retry_in = classify(error, self.settings.overload_retry_seconds)
+        retry_at = datetime.now(UTC) + timedelta(seconds=retry_in) if retry_in else None
+        logger.error(
+            "%s: %s", feed.url, error,
+            extra={"event": "feed_failed", "feed": feed.url, "state": state},
+        )  # fmt: skip
+        try:
+            with self.harvester.engine.begin() as conn:
+                store.record_feed_error(conn, feed.id, state, str(error), retry_at)
+        except (OperationalError, DBAPIError) as exc:
+            self.note_database_failure(exc)
+        return FeedOutcome(feed, error=error, retry_in=retry_in, state=state)
+
+    def note_database_failure(self, error: Exception) -> float:
+        """Log that the database is away; the next try waits a growing, jittered delay."""
+        self.database_failures += 1
+        low, high = DATABASE_RETRY_SECONDS
+        delay = min(high, low * 2 ** min(self.database_failures, 8)) * random.uniform(0.5, 1)
+        logger.warning(
+            "database unavailable, retrying in %.1fs: %s", delay, error.__class__.__name__,
+            extra={"event": "database_unavailable"},
+        )  # fmt: skip
+        return delay
+
+    def collect_outcomes(self) -> None:
+        """Take finished harvests and schedule each feed's next turn."""
+        with self.wake:
+            outcomes, self.outcomes = self.outcomes, []
+        for outcome in outcomes:
+            self.running.discard(outcome.feed.id)
+            self.settle(outcome)
+
+    def settle(self, outcome: FeedOutcome) -> None:
+        """Count, report and reschedule one outcome."""
+        feed, progress = outcome.feed, outcome.progress
+        if progress is not None:
+            self.report.pages += progress.pages
+            self.report.items += progress.items
+            self.database_failures = 0
+        if outcome.state == "database" and not self.harvester.stopping():
+            self.schedule(feed.id, outcome.retry_in or 1.0)
+            return
+        if self.once and (outcome.error is not None or (progress and progress.caught_up)):
+            self.finished.add(feed.id)
+            if outcome.error is not None:
+                self.report.failures[f"{feed.source} {feed.url}"] = str(outcome.error)
+            return
+        if outcome.retry_in is None:
+            self.finished.add(feed.id)  # gone: RPDE says do not retry
+            return
+        self.schedule(feed.id, outcome.retry_in)
+
+    def schedule(self, feed_id: int, delay: float) -> None:
+        """Make the feed due after `delay` seconds."""
+        heapq.heappush(self.due, (time.monotonic() + delay, feed_id))
+
+    def wait_for_work(self) -> None:
+        """Sleep until a harvest finishes, a feed falls due, or shutdown."""
+        timeout = 1.0
+        if self.due and len(self.running) < self.settings.workers:
+            timeout = min(timeout, max(0.0, self.due[0][0] - time.monotonic()))
+        with self.wake:
+            if not self.outcomes:
+                self.wake.wait(timeout)
+
+    def drain(self) -> None:
+        """On shutdown: let each harvest commit its page in hand, then release leases."""
+        deadline = time.monotonic() + 10.0
+        while self.running and time.monotonic() < deadline:
+            self.collect_outcomes()
+            self.wait_for_work()
+        self.collect_outcomes()
+        self.release_leases()
+
+    def release_leases(self) -> None:
+        """Give every feed back so another worker can take it over at once."""
+        owner = self.harvester.owner
+        if owner is None:
+            return
+        try:
+            with self.harvester.engine.begin() as conn:
+                for feed_id in self.feeds:
+                    store.release_feed(conn, feed_id, owner)
+        except (OperationalError, DBAPIError):
+            pass  # the leases expire on their own
+
+
+def classify(error: FeedError, overload: tuple[float, float]) -> tuple[str, float | None]:
+    """The feed's state after an error, and when to try again (None: never)."""
+    if isinstance(error, FeedGone):
+        return "gone", None
+    if isinstance(error, FeedOverloaded):
+        return "backing_off", random.uniform(*overload)  # RPDE: random 60-120 minutes
+    if isinstance(error, RetriableFeedError):
+        return "backing_off", max(error.retry_after or 0.0, 300.0 * random.uniform(0.5, 1.0))
+    if isinstance(error, FatalFeedError):
+        return "error", ERROR_RETRY_SECONDS
+    return "error", ERROR_RETRY_SECONDS
