@@ -10,12 +10,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
-from harvester import __version__, bookability, database, report, store
+from harvester import __version__, bookability, database, metrics, report, store
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, DatabaseError, HarvesterError
 from harvester.fetch import Fetcher
@@ -63,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", command_migrate, "bring the schema to the newest migration")
     run = add("run", command_run, "harvest every feed, forever (or --once)")
     run.add_argument("--once", action="store_true", help="exit when every feed is caught up")
+    run.add_argument("--metrics-port", type=int,
+                     default=_int_env("HARVESTER_METRICS_PORT"),
+                     help="serve /metrics and /healthz on this port (env: HARVESTER_METRICS_PORT)")
+    run.add_argument("--metrics-host", default=os.environ.get("HARVESTER_METRICS_HOST", "0.0.0.0"),
+                     help="address for the metrics port (env: HARVESTER_METRICS_HOST)")  # fmt: skip
     backfill = add("backfill", command_backfill, "harvest feeds again from their first page")
     backfill.add_argument("--source", action="append", help="only this source (repeatable)")
     backfill.add_argument("--feed", action="append", help="only this feed URL (repeatable)")
@@ -96,6 +100,8 @@ def command_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 def command_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`harvester run [--once]`."""
     config = read_config(args, environ)
+    if args.metrics_port is not None:
+        metrics.serve_metrics(args.metrics_host, args.metrics_port)
     with open_database(args, environ) as engine:
         database.migrate(engine)
         outcome = harvest(engine, config, once=args.once)
@@ -230,6 +236,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def now_utc() -> datetime:
-    """The current instant, aware."""
-    return datetime.now(UTC)
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else None

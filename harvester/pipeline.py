@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from harvester import records, rpde, store
+from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
 from harvester.fetch import Fetcher, Response, retrying
 from harvester.store import FeedRow, PageWrite
@@ -125,6 +125,7 @@ class Harvester:
         progress.caught_up = last
         progress.max_age = parsed.max_age
         progress.last_page_at = time.monotonic()
+        metrics.record_page(feed.source, feed.url, len(parsed.rows), len(page.rejected), last)
         for rejected in page.rejected:
             logger.warning(
                 "%s: item %s set aside: %s", page.url, rejected.id or f"#{rejected.position}",

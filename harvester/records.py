@@ -24,7 +24,14 @@ _EMPTY_OFFER = (None,) * 5
 
 def to_rows(items: list[Item]) -> list[Row]:
     """One staging row per item, tombstones included."""
-    return [to_row(item) for item in items]
+    return [without_nul(to_row(item)) for item in items]
+
+
+def without_nul(row: Row) -> Row:
+    """PostgreSQL text cannot hold NUL: drop it from string fields rather than lose the page."""
+    if not any(isinstance(value, str) and "\x00" in value for value in row):
+        return row
+    return tuple(value.replace("\x00", "") if isinstance(value, str) else value for value in row)
 
 
 def to_row(item: Item) -> Row:

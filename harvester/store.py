@@ -365,6 +365,17 @@ def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float)
     return result.rowcount == 1
 
 
+def renew_leases(conn: Connection, feed_ids: list[int], owner: str, lease_seconds: float) -> None:
+    """Extend this worker's leases on the feeds it is harvesting."""
+    conn.execute(
+        text(
+            "UPDATE harvester.feeds SET lease_until = now() + make_interval(secs => :seconds)"
+            " WHERE id = ANY(:ids) AND lease_owner = :owner"
+        ),
+        {"ids": feed_ids, "owner": owner, "seconds": lease_seconds},
+    )
+
+
 def release_feed(conn: Connection, feed_id: int, owner: str) -> None:
     """Give the lease back so another worker may take the feed at once."""
     conn.execute(
@@ -390,12 +401,16 @@ def record_feed_error(
 
 
 def start_backfill(conn: Connection, feed_id: int) -> FeedRow:
-    """Send the feed back to its first page; rows not seen again are swept at its end."""
+    """Send the feed back to its first page; rows not seen again are swept at its end.
+
+    A backfill already under way (say its process died) is resumed where it stopped,
+    not restarted: one backfill per feed at a time.
+    """
     conn.execute(
         text(
             "UPDATE harvester.feeds SET next_url = url, state = 'backfilling',"
-            " backfill_generation = COALESCE(backfill_generation, generation + 1),"
-            " retry_at = NULL, last_error = NULL WHERE id = :id"
+            " backfill_generation = generation + 1, retry_at = NULL, last_error = NULL"
+            " WHERE id = :id AND backfill_generation IS NULL"
         ),
         {"id": feed_id},
     )

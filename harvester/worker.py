@@ -19,9 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from harvester import store
+from harvester import metrics, store
 from harvester.errors import (
     FatalFeedError,
     FeedError,
@@ -81,13 +81,16 @@ class Worker:
         self.wake = threading.Condition()
         self.outcomes: list[FeedOutcome] = []
         self.database_failures = 0
+        self.next_renewal = 0.0
 
     def run(self) -> RunReport:
         """Harvest until stopped (or, with once, until every feed is done)."""
         try:
             while not self.harvester.stopping() and not self.all_done():
                 self.collect_outcomes()
+                self.renew_leases()
                 self.start_due_feeds()
+                metrics.HEALTH.tick(self.database_failures == 0)
                 self.wait_for_work()
         finally:
             self.drain()
@@ -138,6 +141,19 @@ class Worker:
             self.note_database_failure(exc)
             return False
 
+    def renew_leases(self) -> None:
+        """Keep the leases of feeds in hand alive between pages (a slow publisher, a retry)."""
+        owner = self.harvester.owner
+        now = time.monotonic()
+        if owner is None or not self.running or now < self.next_renewal:
+            return
+        self.next_renewal = now + self.settings.lease_seconds / 3
+        try:
+            with self.harvester.engine.begin() as conn:
+                store.renew_leases(conn, sorted(self.running), owner, self.settings.lease_seconds)
+        except (OperationalError, DBAPIError) as exc:
+            self.note_database_failure(exc)
+
     def harvest(self, feed_id: int) -> None:
         """One harvest task: run the feed to its last page and hand back the outcome."""
         outcome = self.harvest_feed(feed_id)
@@ -155,6 +171,10 @@ class Worker:
             return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
         except FeedError as exc:
             return self.feed_failed(feed, exc)
+        except (DataError, IntegrityError) as exc:
+            # The database refused this page's data: a feed problem, not an outage.
+            return self.feed_failed(feed, FatalFeedError(f"{feed.next_url}: rejected by the "
+                                                         f"database: {exc.orig or exc}"))
         except LeaseLost as exc:
             logger.info("%s", exc, extra={"event": "lease_lost", "feed": feed.url})
             return FeedOutcome(feed, retry_in=self.settings.lease_seconds, state="elsewhere")
@@ -180,6 +200,7 @@ class Worker:
             "%s: %s", feed.url, error,
             extra={"event": "feed_failed", "feed": feed.url, "state": state},
         )  # fmt: skip
+        metrics.record_error(feed.source, feed.url, state)
         try:
             with self.harvester.engine.begin() as conn:
                 store.record_feed_error(conn, feed.id, state, str(error), retry_at)
