@@ -365,6 +365,23 @@ def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float)
     return result.rowcount == 1
 
 
+def database_now(conn: Connection) -> datetime:
+    """now() on the database server."""
+    return conn.execute(text("SELECT now()")).scalar_one()
+
+
+def caught_up_since(conn: Connection, feed_id: int, since: datetime) -> bool:
+    """The feed reached its last page (and ended any backfill) at or after `since`."""
+    row = conn.execute(
+        text(
+            "SELECT caught_up_at >= :since AND backfill_generation IS NULL"
+            " FROM harvester.feeds WHERE id = :id"
+        ),
+        {"id": feed_id, "since": since},
+    ).scalar_one_or_none()
+    return bool(row)
+
+
 def renew_leases(conn: Connection, feed_ids: list[int], owner: str, lease_seconds: float) -> None:
     """Extend this worker's leases on the feeds it is harvesting."""
     conn.execute(

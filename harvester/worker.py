@@ -82,6 +82,7 @@ class Worker:
         self.outcomes: list[FeedOutcome] = []
         self.database_failures = 0
         self.next_renewal = 0.0
+        self.started_at = self.database_now() if once else None
 
     def run(self) -> RunReport:
         """Harvest until stopped (or, with once, until every feed is done)."""
@@ -95,6 +96,14 @@ class Worker:
         finally:
             self.drain()
         return self.report
+
+    def database_now(self) -> datetime | None:
+        """The database's clock, which every worker shares (None if it cannot be read)."""
+        try:
+            with self.harvester.engine.begin() as conn:
+                return store.database_now(conn)
+        except (OperationalError, DBAPIError):
+            return None
 
     def schedule_stored(self, feed: FeedRow) -> None:
         """First turn of a feed: gone feeds are not retried; backing-off ones wait (run only)."""
@@ -124,7 +133,10 @@ class Worker:
             if feed_id in self.running or feed_id in self.finished:
                 continue
             if not self.claim(feed_id):
-                self.schedule(feed_id, self.settings.lease_seconds / 2)
+                if self.once and self.done_elsewhere(feed_id):
+                    self.finished.add(feed_id)
+                else:
+                    self.schedule(feed_id, self.settings.lease_seconds / 2)
                 continue
             self.running.add(feed_id)
             run_in_background(lambda feed_id=feed_id: self.harvest(feed_id))
@@ -153,6 +165,23 @@ class Worker:
                 store.renew_leases(conn, sorted(self.running), owner, self.settings.lease_seconds)
         except (OperationalError, DBAPIError) as exc:
             self.note_database_failure(exc)
+
+    def done_elsewhere(self, feed_id: int) -> bool:
+        """With once: another live worker holds the feed and has since brought it to its end."""
+        if self.started_at is None:
+            return False
+        try:
+            with self.harvester.engine.begin() as conn:
+                done = store.caught_up_since(conn, feed_id, self.started_at)
+        except (OperationalError, DBAPIError) as exc:
+            self.note_database_failure(exc)
+            return False
+        if done:
+            logger.info(
+                "%s: brought to its last page by another worker", self.feeds[feed_id].url,
+                extra={"event": "feed_done_elsewhere"},
+            )  # fmt: skip
+        return done
 
     def harvest(self, feed_id: int) -> None:
         """One harvest task: run the feed to its last page and hand back the outcome."""
