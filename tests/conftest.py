@@ -89,30 +89,34 @@ def template_url(pg_server: str) -> Iterator[str]:
     admin.dispose()
 
 
+@contextmanager
+def _scratch_database(pg_server: str, prefix: str, template: str | None) -> Iterator[str]:
+    """Create a uniquely named database (from `template`, if given); drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    admin = _admin(pg_server)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+    try:
+        yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def db_url(pg_server: str, template_url: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"harvester_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin(pg_server)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
-    yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _scratch_database(pg_server, "harvester_test", TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_server: str) -> Iterator[str]:
     """A fresh database with no schema at all."""
-    name = f"harvester_empty_{uuid.uuid4().hex[:12]}"
-    admin = _admin(pg_server)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _scratch_database(pg_server, "harvester_empty", None) as url:
+        yield url
 
 
 @pytest.fixture
