@@ -30,11 +30,12 @@ def run_demo(
                 config = parse_config(publisher.to_config_toml(), environ, "<demo>")
                 harvest_once(engine, config, harvest)
                 show_results(engine)
-                print(f"\nquery it yourself: psql '{database.redact(libpq_url(url))}'")
                 if args.keep_running:
-                    print("harvesting until Ctrl-C; the publisher keeps serving at "
-                          f"{publisher.base_url}")  # fmt: skip
+                    print(f"\nharvesting until Ctrl-C; query it meanwhile:\n"
+                          f"  psql '{libpq_url(url)}' -c 'SELECT * FROM bookable_now'")
                     harvest(engine, config, once=False)
+                else:
+                    print("\n`harvester demo --keep-running` keeps it up to query with psql")
         finally:
             engine.dispose()
     return 0
@@ -85,5 +86,6 @@ def recreate_database(server_url: str, name: str) -> str:
 
 
 def libpq_url(url: str) -> str:
-    """The libpq form of a SQLAlchemy URL, for psql."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The libpq form of a SQLAlchemy URL, for psql (a password is never printed)."""
+    parsed = make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=bool(parsed.password))

@@ -48,4 +48,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO, URL included; ours are enough.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "pgserver"):  # set-up chatter, not harvesting news
+        logging.getLogger(noisy).setLevel(logging.WARNING)
