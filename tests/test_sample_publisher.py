@@ -410,3 +410,35 @@ def test_command_line_prints_ready_and_exits_cleanly_on_sigterm() -> None:
         assert httpx.get(f"{base_url}/feeds/slots", timeout=5).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("feed", "pick"),
+    [
+        ("session-series", 3),  # a base item of a timestamp-ordered feed
+        ("slots", 5),  # an integer id in a change-number feed
+        ("scheduled-sessions", -1),  # an item that changed since (lives in the overlay)
+    ],
+)
+def test_forget_drops_an_item_with_no_tombstone(
+    publisher: SamplePublisher, client: httpx.Client, feed: str, pick: int
+) -> None:
+    if pick == -1:
+        first = next(i for i in publisher.items(feed) if i["state"] == "updated")
+        publisher.upsert(feed, first["id"], {**first["data"], "name": "changed"})
+    _, last_url = walk(client, publisher.feed_url(feed))
+    updated = [item for item in publisher.items(feed) if item["state"] == "updated"]
+    target = updated[pick]
+    publisher.forget(feed, str(target["id"]))
+    key = (target["kind"], str(target["id"]))
+    assert key not in publisher.held(feed)
+    assert publisher.get(feed, target["id"]) is None
+    assert walk(client, last_url)[0] == []  # nothing new: no tombstone is published
+    walked, _ = walk(client, publisher.feed_url(feed))
+    assert target["id"] not in [item["id"] for item in walked]
+    deleted = sum(1 for item in publisher.items(feed) if item["state"] == "deleted")
+    assert len(walked) == len(updated) - 1 + deleted  # only the target is gone
+    with pytest.raises(KeyError):
+        publisher.forget(feed, str(target["id"]))
+    publisher.upsert(feed, target["id"], {"name": "back"})  # re-publishing brings it back
+    assert publisher.held(feed)[key] == {"name": "back"}

@@ -216,6 +216,14 @@ class SamplePublisher:
                 raise KeyError(f"{feed}: no item with id {item_id!r}")
             state.publish(self.published_id(state, item_id), found[0], None)
 
+    def forget(self, feed: str, item_id: str | int) -> None:
+        """Make an item vanish with no tombstone (a publisher that lost it, an expired one)."""
+        with self.lock:
+            state = self.state_of(feed)
+            if state.current(item_id) is None:
+                raise KeyError(f"{feed}: no item with id {item_id!r}")
+            state.forget(item_id)
+
     def published_id(self, state: FeedState, item_id: str | int) -> str | int:
         """The id as the feed spells it (a slot id given as text stays an integer)."""
         entry = state.overlay.get(str(item_id))

@@ -51,6 +51,7 @@ class FeedState:
         # Every change in publication order (ascending keys); superseded rows are skipped.
         self.log: list[tuple[Position, str]] = []
         self.high = feed.last_modified()
+        self.forgotten: set[str] = set()  # ids dropped from the list with no tombstone
 
     def publish(self, item_id: str | int, kind: str, data: Json | None) -> Entry:
         """Record a change with a ``modified`` above every other; it sorts last."""
@@ -58,13 +59,20 @@ class FeedState:
         encoded = None if data is None else orjson.dumps(data)
         entry = Entry(item_id, kind, self.high, encoded)
         text = str(item_id)
+        self.forgotten.discard(text)
         self.overlay[text] = entry
         self.log.append((self.feed.key_for(entry.modified, text), text))
         return entry
 
+    def forget(self, item_id: str | int) -> None:
+        """Drop the item from the list without a tombstone, as if it never was."""
+        self.forgotten.add(str(item_id))
+
     def current(self, item_id: str | int) -> tuple[str, Json | None] | None:
         """(kind, data or None if deleted) as now published; None if never published."""
         text = str(item_id)
+        if text in self.forgotten:
+            return None
         entry = self.overlay.get(text)
         if entry is not None:
             return entry.kind, entry.to_item().get("data")
@@ -78,6 +86,7 @@ class FeedState:
         copy = FeedState.__new__(FeedState)
         copy.feed, copy.high = self.feed, self.high
         copy.overlay, copy.log = dict(self.overlay), list(self.log)
+        copy.forgotten = set(self.forgotten)
         return copy
 
     def iter_after(self, position: Position | None) -> Iterator[Json]:
@@ -92,7 +101,8 @@ class FeedState:
         if position is not None:  # bisection: the base is sorted by index
             start = bisect.bisect_right(range(feed.count), position, key=feed.sort_key)
         for index in range(start, feed.count):
-            if str(feed.id_of(index)) not in self.overlay:
+            text = str(feed.id_of(index))
+            if text not in self.overlay and text not in self.forgotten:
                 yield feed.item_of(index)
 
     def iter_overlay_after(self, position: Position | None) -> Iterator[Json]:
@@ -103,5 +113,5 @@ class FeedState:
         for row in range(start, len(self.log)):
             key, text = self.log[row]
             entry = self.overlay[text]
-            if self.feed.key_for(entry.modified, text) == key:
+            if text not in self.forgotten and self.feed.key_for(entry.modified, text) == key:
                 yield entry.to_item()
