@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from harvester import store
 from harvester.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def resolve_database(url: str | None, environ: Mapping[str, str]) -> Iterator[st
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine whose sessions speak UTC and say who they are."""
     connect_args = {"application_name": "harvester", "options": "-c timezone=UTC"}
-    return create_engine(
+    engine = create_engine(
         normalise_url(url),
         pool_pre_ping=True,
         pool_size=options.pop("pool_size", 8),
@@ -87,6 +88,7 @@ def make_engine(url: str, **options: Any) -> Engine:
         connect_args=connect_args,
         **options,
     )
+    return store.prepare_engine(engine)
 
 
 def migrations_path() -> Path:

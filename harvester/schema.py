@@ -109,7 +109,6 @@ items = Table(
     ),
     Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
-    Index("ix_items_feed_id", "feed_id", "seen_generation"),
 )
 
 parent_refs = Table(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, event, text
 
 from harvester.config import Source
 from harvester.errors import LeaseLost
@@ -57,20 +57,22 @@ CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
 ) ON COMMIT DELETE ROWS
 """
 
-# The parent a child joins (rule 2): same source, the ref is its @id or one of its
-# individualFacilityUse @ids; its own @id wins over an individual one, then a fixed order.
-RESOLVE_PARENT = """
-LEFT JOIN LATERAL (
-    SELECT p.kind AS parent_kind, p.rpde_id AS parent_rpde_id, p.offer_problem,
+# The parent each named ref resolves to (rule 2): same source, the ref is its @id or one
+# of its individualFacilityUse @ids; its own @id wins over an individual one, then a fixed
+# order. Resolved once per distinct ref, then hash-joined to the children.
+RESOLVE_PARENTS = """
+resolved AS (
+    SELECT DISTINCT ON (r.ref_id)
+           r.ref_id, p.kind AS parent_kind, p.rpde_id AS parent_rpde_id, p.offer_problem,
            p.from_months, p.from_micros, p.through_months, p.through_micros
     FROM harvester.parent_refs AS r
     JOIN harvester.items AS p
       ON p.source = r.source AND p.kind = r.parent_kind AND p.rpde_id = r.parent_rpde_id
-    WHERE r.source = :source AND r.ref_id = {child}.parent_ref
-    ORDER BY r.is_self DESC, r.parent_kind, r.parent_rpde_id
-    LIMIT 1
-) AS par ON {child}.role = 'child'
+    WHERE r.source = :source AND r.ref_id IN ({refs})
+    ORDER BY r.ref_id, r.is_self DESC, r.parent_kind, r.parent_rpde_id
+)
 """
+JOIN_RESOLVED = "LEFT JOIN resolved AS par ON par.ref_id = {child}.parent_ref AND {child}.role = 'child'"
 
 
 def window_sql(child: str) -> str:
@@ -99,6 +101,7 @@ ITEM_COLUMNS = (
 )  # fmt: skip
 
 UPSERT_ITEMS = f"""
+WITH {RESOLVE_PARENTS.format(refs="SELECT parent_ref FROM harvester_staging WHERE role = 'child'")}
 INSERT INTO harvester.items AS i (
     source, kind, rpde_id, feed_id, data, seen_generation, updated_at, checkout_url,
     parent_kind, parent_rpde_id, bookable, {", ".join(ITEM_COLUMNS)})
@@ -106,7 +109,7 @@ SELECT :source, s.kind, s.rpde_id, :feed_id, s.data::jsonb, :generation, now(),
        :prefix || s.checkout_path, par.parent_kind, par.parent_rpde_id,
        {window_sql("s")}, {", ".join("s." + c for c in ITEM_COLUMNS)}
 FROM harvester_staging AS s
-{RESOLVE_PARENT.format(child="s")}
+{JOIN_RESOLVED.format(child="s")}
 WHERE NOT s.deleted
 ON CONFLICT (source, kind, rpde_id) DO UPDATE SET
     feed_id = EXCLUDED.feed_id, data = EXCLUDED.data,
@@ -119,11 +122,14 @@ WHERE (EXCLUDED.modified < i.modified
 RETURNING i.role, i.kind
 """
 
-# RPDE §Deleted items: a tombstone removes the item unless what is held is newer.
+# RPDE §Deleted items: a tombstone removes the item unless what is held is newer. The keys
+# come as arrays: the planner then probes the primary key per tombstone instead of
+# guessing at an unanalysed temporary table.
 DELETE_ITEMS = """
 DELETE FROM harvester.items AS i
-USING harvester_staging AS s
-WHERE s.deleted AND i.source = :source AND i.kind = s.kind AND i.rpde_id = s.rpde_id
+USING unnest(CAST(:kinds AS text[]), CAST(:ids AS text[]), CAST(:modified AS numeric[]),
+             CAST(:modified_text AS text[])) AS s(kind, rpde_id, modified, modified_text)
+WHERE i.source = :source AND i.kind = s.kind AND i.rpde_id = s.rpde_id
   AND (s.modified < i.modified OR s.modified_text COLLATE "C" < i.modified_text) IS NOT TRUE
 RETURNING i.role, i.kind, i.rpde_id
 """
@@ -155,13 +161,14 @@ RETURNING ref_id
 
 # A parent changed: recompute only the children naming one of its refs (rule 2).
 RECOMPUTE_CHILDREN = f"""
+WITH {RESOLVE_PARENTS.format(refs="SELECT unnest(CAST(:refs AS text[]))")}
 UPDATE harvester.items AS c
 SET parent_kind = x.parent_kind, parent_rpde_id = x.parent_rpde_id, bookable = x.bookable
 FROM (
     SELECT k.source, k.kind, k.rpde_id, par.parent_kind, par.parent_rpde_id,
            {window_sql("k")} AS bookable
     FROM harvester.items AS k
-    {RESOLVE_PARENT.format(child="k")}
+    {JOIN_RESOLVED.format(child="k")}
     WHERE k.source = :source AND k.role = 'child' AND k.parent_ref = ANY(CAST(:refs AS text[]))
 ) AS x
 WHERE c.source = x.source AND c.kind = x.kind AND c.rpde_id = x.rpde_id
@@ -200,6 +207,18 @@ ON CONFLICT (feed_id, item_key) DO UPDATE SET
 """
 
 
+def prepare_engine(engine: Engine) -> Engine:
+    """Give every new connection its staging table, outside any page transaction."""
+
+    def create_staging(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(STAGING_DDL)
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", create_staging)
+    return engine
+
+
 def write_page(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None = None,
     lease_seconds: float = 15.0,
@@ -220,7 +239,7 @@ def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row]) -> None:
     params = {"source": feed.source, "feed_id": feed.id, "generation": feed.write_generation}
     upserted = conn.execute(text(UPSERT_ITEMS), params | {"prefix": feed.checkout_prefix})
     parents_changed = any(row.role == "parent" for row in upserted)
-    deleted = conn.execute(text(DELETE_ITEMS), params).all() if _has_tombstones(rows) else []
+    deleted = delete_items(conn, feed.source, [row for row in rows if row[2]])
     if feed.backfill_generation is not None:
         conn.execute(text(MARK_SEEN), params)
     parent_keys = _deleted_parents(deleted)
@@ -229,9 +248,18 @@ def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row]) -> None:
     refresh_parents(conn, feed.source, parent_keys)
 
 
+def delete_items(conn: Connection, source: str, tombstones: Sequence[Row]) -> list[Any]:
+    """Apply tombstones (staging rows with deleted set); returns the removed rows' keys."""
+    if not tombstones:
+        return []
+    columns = list(zip(*(row[:5] for row in tombstones), strict=True))
+    params = {"source": source, "kinds": list(columns[0]), "ids": list(columns[1]),
+              "modified": list(columns[3]), "modified_text": list(columns[4])}  # fmt: skip
+    return conn.execute(text(DELETE_ITEMS), params).all()
+
+
 def copy_to_staging(conn: Connection, rows: Sequence[Row]) -> None:
-    """COPY the page's rows into a per-connection temporary table emptied at commit."""
-    conn.execute(text(STAGING_DDL))
+    """COPY the page's rows into the connection's temporary table (emptied at commit)."""
     if not rows:
         return
     raw = conn.connection.driver_connection
@@ -434,16 +462,18 @@ def start_backfill(conn: Connection, feed_id: int) -> FeedRow:
     return load_feed(conn, feed_id)
 
 
+# One pass over the items for all feeds (status is rare; no index is kept just for it).
 STATUS = """
 SELECT f.id, f.source, f.url, f.state, f.pages, f.last_page_at, f.caught_up_at,
        f.last_error, f.retry_at, f.backfill_generation IS NOT NULL AS backfilling,
-       f.lease_owner, f.lease_until,
-       (SELECT count(*) FROM harvester.items AS i WHERE i.feed_id = f.id) AS items,
-       (SELECT string_agg(DISTINCT i.type, ',') FROM harvester.items AS i
-         WHERE i.feed_id = f.id) AS kinds,
-       (SELECT count(*) FROM harvester.rejected_items AS r WHERE r.feed_id = f.id) AS rejected,
-       now() AS now
-FROM harvester.feeds AS f ORDER BY f.source, f.id
+       f.lease_owner, f.lease_until, COALESCE(i.items, 0) AS items, i.kinds,
+       COALESCE(r.rejected, 0) AS rejected, now() AS now
+FROM harvester.feeds AS f
+LEFT JOIN (SELECT feed_id, count(*) AS items, string_agg(DISTINCT type, ',') AS kinds
+           FROM harvester.items GROUP BY feed_id) AS i ON i.feed_id = f.id
+LEFT JOIN (SELECT feed_id, count(*) AS rejected FROM harvester.rejected_items
+           GROUP BY feed_id) AS r ON r.feed_id = f.id
+ORDER BY f.source, f.id
 """
 
 NOT_BOOKABLE_REASONS = """
@@ -475,10 +505,6 @@ def bookable_now(conn: Connection, limit: int) -> list[Any]:
 def count_bookable_now(conn: Connection) -> int:
     """How many opportunities are bookable now."""
     return int(conn.execute(text("SELECT count(*) FROM bookable_now")).scalar_one())
-
-
-def _has_tombstones(rows: Sequence[Row]) -> bool:
-    return any(row[2] for row in rows)
 
 
 def _deleted_parents(deleted: Sequence[Any]) -> set[tuple[str, str]]:

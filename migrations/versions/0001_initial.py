@@ -189,7 +189,6 @@ def create_tables() -> None:
         "ix_items_parent_ref", "items", ["source", "parent_ref"], schema=SCHEMA,
         postgresql_where=sa.text("role = 'child'"),
     )
-    op.create_index("ix_items_feed_id", "items", ["feed_id", "seen_generation"], schema=SCHEMA)
     op.create_table(
         "parent_refs",
         sa.Column("source", sa.Text, nullable=False),
