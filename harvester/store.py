@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
+from harvester.bookability import CHILD_TYPES, type_from_kind
 from harvester.config import Source
 from harvester.errors import LeaseLost
 from harvester.records import STAGING_COLUMNS, Row
@@ -45,6 +46,8 @@ class PageWrite:
     next_url: str
     caught_up: bool
 
+
+SOURCE_LOCK = 7310  # advisory lock class of page writes, keyed by the source's name hash
 
 STAGING_DDL = """
 CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
@@ -224,13 +227,25 @@ def write_page(
     lease_seconds: float = 15.0,
 ) -> None:
     """Apply one page and move the feed's position, atomically (the caller commits)."""
+    finishing = page.caught_up and feed.backfill_generation is not None
+    lock_source(conn, feed.source, exclusive=finishing or _may_change_parents(page.rows))
     if page.rows:
         apply_rows(conn, feed, page.rows)
     record_rejected(conn, feed.id, page.page_url, page.rejected)
-    finishing = page.caught_up and feed.backfill_generation is not None
     if finishing:
         sweep_unseen(conn, feed)
     advance_feed(conn, feed, page, owner=owner, finishing=finishing, lease_seconds=lease_seconds)
+
+
+def lock_source(conn: Connection, source: str, *, exclusive: bool) -> None:
+    """Order page writes of one source: a page that may change parents runs alone.
+
+    Under READ COMMITTED a child page and a parent page committing side by side each miss
+    the other's rows, and the child keeps a stale join; pages of children only share.
+    """
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(text(f"SELECT {function}(:key, hashtext(:source))"),
+                 {"key": SOURCE_LOCK, "source": source})  # fmt: skip
 
 
 def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row]) -> None:
@@ -505,6 +520,14 @@ def bookable_now(conn: Connection, limit: int) -> list[Any]:
 def count_bookable_now(conn: Connection) -> int:
     """How many opportunities are bookable now."""
     return int(conn.execute(text("SELECT count(*) FROM bookable_now")).scalar_one())
+
+
+def _may_change_parents(rows: Sequence[Row]) -> bool:
+    """A parent row, or a tombstone whose kind does not name a child type."""
+    return any(
+        row[7] == "parent" or (row[2] and type_from_kind(row[0]) not in CHILD_TYPES)
+        for row in rows
+    )
 
 
 def _deleted_parents(deleted: Sequence[Any]) -> set[tuple[str, str]]:
