@@ -82,14 +82,29 @@ def parse_page(url: str, body: bytes) -> Page:
 def decode_json(url: str, body: bytes) -> Any:
     """Decode JSON exactly: integers beyond 64 bits fall back to the stdlib parser."""
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
+    else:
+        if not _lost_precision(document):
+            return document
     try:
-        # orjson refuses integers past 64 bits; json keeps them exact as Python ints.
+        # orjson refuses (old) or rounds to a float (3.x) integers past 64 bits; json is exact.
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidPage(f"{url}: not an RPDE page: the body is not JSON ({exc})", url=url) from exc
+
+
+def _lost_precision(document: Any) -> bool:
+    """orjson reads integers beyond 64 bits as floats: look where RPDE needs them exact."""
+    items = document.get("items") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        return False
+    return any(
+        isinstance(item, dict)
+        and (isinstance(item.get("modified"), float) or isinstance(item.get("id"), float))
+        for item in items
+    )
 
 
 def resolve_next_url(url: str, next_url: Any) -> str:

@@ -1,0 +1,252 @@
+"""The feeds configuration: the contract's TOML, ${VAR} expansion, and one clear error per fault."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harvester.config import Config, Settings, Source, load_config, parse_config
+from harvester.errors import ConfigError
+
+PATH = "/etc/harvester/feeds.toml"
+API_KEY = "k3y-Very-S3cret-1234"
+
+# The example in the contract, verbatim.
+CONTRACT_EXAMPLE = """
+[[sources]]
+name = "imin"                                # unique; used in SQL and logs
+checkout_base_url = "checkout.example.com"   # host, or a full https:// base URL
+feeds = [
+  "https://firehose.imin.co/firehose/standard/session-series",
+  "https://firehose.imin.co/firehose/standard/scheduled-sessions",
+  "https://firehose.imin.co/firehose/standard/facility-uses",
+  "https://firehose.imin.co/firehose/standard/slots",
+]
+
+[sources.headers]
+X-API-KEY = "${IMIN_API_KEY}"                # ${VAR} is taken from the environment
+"""
+
+MINIMAL = """
+[[sources]]
+name = "a"
+feeds = ["https://a.example/feed"]
+"""
+
+
+def parse(text: str, environ: dict[str, str] | None = None) -> Config:
+    """Parse with a fixed path and environment."""
+    return parse_config(text, environ if environ is not None else {}, PATH)
+
+
+def test_contract_example() -> None:
+    config = parse(CONTRACT_EXAMPLE, {"IMIN_API_KEY": API_KEY})
+    (source,) = config.sources
+    assert source.name == "imin"
+    assert source.checkout_base_url == "checkout.example.com"
+    assert source.feeds == (
+        "https://firehose.imin.co/firehose/standard/session-series",
+        "https://firehose.imin.co/firehose/standard/scheduled-sessions",
+        "https://firehose.imin.co/firehose/standard/facility-uses",
+        "https://firehose.imin.co/firehose/standard/slots",
+    )
+    assert dict(source.headers) == {"X-API-KEY": API_KEY}
+    assert config.settings == Settings()
+    assert config.path == PATH
+
+
+def test_minimal_source_has_no_checkout_and_no_headers() -> None:
+    (source,) = parse(MINIMAL).sources
+    assert source.checkout_base_url is None
+    assert dict(source.headers) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "expected"),
+    [
+        ("${A}", {"A": "x"}, "x"),  # whole value
+        ("Bearer ${A}", {"A": "x"}, "Bearer x"),  # inside a value
+        ("${A}-${B_2}", {"A": "1", "B_2": "2"}, "1-2"),  # two references
+        ("$$", {}, "$"),  # $$ is a literal $
+        ("$${A}", {"A": "x"}, "${A}"),  # an escaped reference is not expanded
+        ("cost $5", {}, "cost $5"),  # a lone $ not followed by { stays
+        ("${A}", {"A": ""}, ""),  # set but empty is allowed
+        ("${A}", {"A": "$${B}"}, "$${B}"),  # the value itself is not expanded again
+    ],
+)
+def test_env_expansion(value: str, environ: dict[str, str], expected: str) -> None:
+    text = MINIMAL + f'\n[sources.headers]\nAuthorization = "{value}"\n'
+    (source,) = parse(text, environ).sources
+    assert source.headers["Authorization"] == expected
+
+
+def test_settings_override() -> None:
+    text = MINIMAL + (
+        "\n[harvester]\nmin_poll_seconds = 10\nretry_attempts = 3\n"
+        "overload_retry_seconds = [60, 120]\nmax_page_bytes = 1024\n"
+    )
+    settings = parse(text).settings
+    assert settings.min_poll_seconds == 10.0 and isinstance(settings.min_poll_seconds, float)
+    assert settings.retry_attempts == 3
+    assert settings.overload_retry_seconds == (60.0, 120.0)
+    assert settings.max_page_bytes == 1024
+
+
+def test_checkout_base_as_full_url() -> None:
+    text = MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = "https://c.example/x"')
+    assert parse(text).sources[0].checkout_base_url == "https://c.example/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        # A header names an environment variable that is not set.
+        (MINIMAL + '[sources.headers]\nX-API-KEY = "${IMIN_API_KEY}"\n', {},
+         "sources[0].headers.X-API-KEY"),  # fmt: skip
+        # No [[sources]] at all.
+        ("[harvester]\nworkers = 2\n", {}, "sources"),
+        # An empty sources list.
+        ("sources = []\n", {}, "sources"),
+        # sources is not a list of tables.
+        ('sources = "imin"\n', {}, "sources"),
+        ('sources = ["a"]\n', {}, "sources[0]"),  # a source that is not a table
+        # A source with no feeds key, and one with an empty list.
+        ('[[sources]]\nname = "a"\n', {}, "sources[0].feeds"),
+        ('[[sources]]\nname = "a"\nfeeds = []\n', {}, "sources[0].feeds"),
+        # A feed that is not a URL, one that is not http(s), one that is not a string.
+        ('[[sources]]\nname = "a"\nfeeds = ["firehose.imin.co/x"]\n', {}, "sources[0].feeds[0]"),
+        ('[[sources]]\nname = "a"\nfeeds = ["https://a/x", "ftp://a/x"]\n', {},
+         "sources[0].feeds[1]"),  # fmt: skip
+        ('[[sources]]\nname = "a"\nfeeds = [42]\n', {}, "sources[0].feeds[0]"),
+        # feeds given as a string instead of a list.
+        ('[[sources]]\nname = "a"\nfeeds = "https://a/x"\n', {}, "sources[0].feeds"),
+        # No name, an empty name, a name of the wrong type.
+        ('[[sources]]\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
+        ('[[sources]]\nname = " "\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
+        ('[[sources]]\nname = 7\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
+        # Two sources with one name.
+        (MINIMAL + MINIMAL, {}, "sources[1].name"),
+        # A header value that is not a string; headers that are not a table.
+        (MINIMAL + "[sources.headers]\nX-API-KEY = 5\n", {}, "sources[0].headers.X-API-KEY"),
+        (MINIMAL.replace('name = "a"', 'name = "a"\nheaders = "k"'), {}, "sources[0].headers"),
+        # A checkout base of the wrong type or scheme.
+        (MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = 5'), {},
+         "sources[0].checkout_base_url"),  # fmt: skip
+        (MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = "ftp://c"'), {},
+         "sources[0].checkout_base_url"),  # fmt: skip
+        # [harvester]: unknown setting, wrong type, negative, zero integer, bad pair.
+        (MINIMAL + "[harvester]\npoll_seconds = 5\n", {}, "harvester.poll_seconds"),
+        (MINIMAL + '[harvester]\nmin_poll_seconds = "8"\n', {}, "harvester.min_poll_seconds"),
+        (MINIMAL + "[harvester]\nmin_poll_seconds = true\n", {}, "harvester.min_poll_seconds"),
+        (MINIMAL + "[harvester]\nmin_poll_seconds = -1\n", {}, "harvester.min_poll_seconds"),
+        (MINIMAL + "[harvester]\nworkers = 0\n", {}, "harvester.workers"),
+        (MINIMAL + "[harvester]\noverload_retry_seconds = 60\n", {},
+         "harvester.overload_retry_seconds"),  # fmt: skip
+        (MINIMAL + "[harvester]\noverload_retry_seconds = [120, 60]\n", {},
+         "harvester.overload_retry_seconds"),  # fmt: skip
+        ('harvester = "fast"\n' + MINIMAL, {}, "harvester"),  # not a table
+        # Not TOML at all.
+        ('[[sources]\nname = "a"\n', {}, "not valid TOML"),
+        ('name = "a\n', {}, "not valid TOML"),
+    ],
+)
+def test_config_errors_name_file_and_key(text: str, environ: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, environ)
+    message = str(caught.value)
+    assert message.startswith(f"{PATH}: ")
+    assert key in message
+    assert "\n" not in message
+
+
+def test_missing_variable_message_names_the_variable() -> None:
+    text = MINIMAL + '[sources.headers]\nX-API-KEY = "${IMIN_API_KEY}"\n'
+    with pytest.raises(ConfigError, match="IMIN_API_KEY is not set"):
+        parse(text, {})
+
+
+def test_api_key_never_in_repr() -> None:
+    config = parse(CONTRACT_EXAMPLE, {"IMIN_API_KEY": API_KEY})
+    (source,) = config.sources
+    assert API_KEY not in repr(source)
+    assert API_KEY not in str(source)
+    assert API_KEY not in repr(config)
+    assert source.headers["X-API-KEY"] == API_KEY  # still there for the requests
+
+
+def test_source_is_immutable() -> None:
+    source = Source(name="a", feeds=("https://a/x",))
+    with pytest.raises(AttributeError):
+        source.name = "b"  # type: ignore[misc]
+
+
+def test_load_config_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.toml"
+    path.write_text(CONTRACT_EXAMPLE, encoding="utf-8")
+    config = load_config(path, {"IMIN_API_KEY": API_KEY})
+    assert config.path == str(path)
+    assert config.sources[0].headers["X-API-KEY"] == API_KEY
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert str(path) in str(caught.value)
+
+
+# --- the real command line ---------------------------------------------------------------
+
+
+def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run `python -m harvester` with no config or database in the environment."""
+    environ = {
+        name: value for name, value in os.environ.items()
+        if not name.startswith("HARVESTER_") and name not in ("DATABASE_URL", "IMIN_API_KEY")
+    }  # fmt: skip
+    # Should the config check ever come after the database, nothing real is touched.
+    environ["HARVESTER_DATA_DIR"] = str(tmp_path / "pgdata")
+    return subprocess.run(
+        [sys.executable, "-m", "harvester", *args],
+        capture_output=True, text=True, timeout=60, env=environ, cwd=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[[sources]]\nname = "a"\nfeeds = ["not a url"]\n', "sources[0].feeds[0]"),  # bad feed
+        (CONTRACT_EXAMPLE, "sources[0].headers.X-API-KEY"),  # IMIN_API_KEY is not set
+        ("[[sources]\n", "not valid TOML"),  # broken TOML
+    ],
+)
+def test_cli_bad_config_exits_2(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    result = run_cli(["run", "--once", "--config", str(path)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    assert key in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pgdata").exists()  # refused before any database was started
+
+
+def test_cli_without_config_exits_2(tmp_path: Path) -> None:
+    result = run_cli(["run", "--once"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--config" in lines[0] and "HARVESTER_CONFIG" in lines[0]
+
+
+def test_cli_missing_config_file_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    result = run_cli(["run", "--once", "--config", str(path)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert str(path) in result.stderr
