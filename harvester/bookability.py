@@ -106,9 +106,16 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
         end_date=end,
         parent_ref=reference_of(reference),
         problem=start_problem or child_problem(data),
-        embedded_type=(_declared_type(embedded) or DEFAULT_PARENTS[item_type]) if embedded else None,
+        embedded_type=embedded_type(item_type, embedded),
         embedded_offer=read_offer(embedded) if embedded is not None else None,
     )
+
+
+def embedded_type(item_type: str, embedded: dict[str, Any] | None) -> str | None:
+    """The embedded parent's type: declared, else what the child's kind implies."""
+    if embedded is None:
+        return None
+    return _declared_type(embedded) or DEFAULT_PARENTS[item_type]
 
 
 def read_parent(item_type: str, data: dict[str, Any]) -> Parent:

@@ -112,6 +112,8 @@ def migrate(engine: Engine) -> None:
         raise DatabaseError(f"migration failed: {exc}") from exc
 
 
-def environ_database_url(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+def environ_database_url(
+    cli_value: str | None, environ: Mapping[str, str] = os.environ
+) -> str | None:
     """--database-url wins over DATABASE_URL."""
     return cli_value or environ.get("DATABASE_URL") or None

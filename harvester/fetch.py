@@ -86,7 +86,7 @@ class Fetcher:
             raise RetriableFeedError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
 
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
-        host = "%s://%s:%s" % origin_of(url)
+        host = "{}://{}:{}".format(*origin_of(url))
         with self._lock:
             if host not in self._hosts:
                 limit = self.settings.max_connections_per_host
@@ -114,7 +114,9 @@ def read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
     """Read the body, refusing anything larger than `limit` bytes."""
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidPage(f"{url}: response of {declared} bytes exceeds the {limit} byte cap", url=url)
+        raise InvalidPage(
+            f"{url}: response of {declared} bytes exceeds the {limit} byte cap", url=url
+        )
     chunks, size = [], 0
     for chunk in response.iter_bytes():
         size += len(chunk)

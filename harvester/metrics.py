@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -29,8 +35,10 @@ ERRORS = Counter(
     "harvester_feed_errors", "feed failures by resulting state", ["source", "feed", "state"],
     registry=registry,
 )  # fmt: skip
-STATE = Gauge("harvester_feed_state", "1 for the feed's current state", ["source", "feed", "state"],
-              registry=registry)  # fmt: skip
+STATE = Gauge(
+    "harvester_feed_state", "1 for the feed's current state", ["source", "feed", "state"],
+    registry=registry,
+)  # fmt: skip
 
 
 class LagCollector(Collector):

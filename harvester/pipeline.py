@@ -82,7 +82,7 @@ class Harvester:
             last = parsed.page.is_last or parsed.page.repeats_itself
             if not last:
                 url = parsed.page.next_url
-                pending = run_in_background(lambda url=url: self.fetch_parsed(feed, url))
+                pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
             feed = self.write(feed, parsed, last)
             self.count(feed, progress, parsed, last)
             if last or self.stopping():

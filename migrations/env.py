@@ -14,7 +14,7 @@ def run_migrations_online() -> None:
     """Migrate on the caller's connection, inside the caller's transaction."""
     connection = config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run migrations through `harvester migrate`, which supplies the database")
+        raise RuntimeError("run migrations with `harvester migrate`: it supplies the database")
     # The version table lives in our schema, so the schema must exist before alembic looks.
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema.SCHEMA}"))
     context.configure(
