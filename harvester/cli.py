@@ -199,7 +199,10 @@ def read_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     path = args.config or environ.get("HARVESTER_CONFIG")
     if not path:
         raise ConfigError("no feeds config: give --config PATH or set HARVESTER_CONFIG")
-    return load_config(path, environ)
+    config = load_config(path, environ)
+    for warning in config.warnings:
+        logger.warning("%s", warning, extra={"event": "config_unknown_key"})
+    return config
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from harvester.errors import ConfigError
 
+SOURCE_KEYS = frozenset({"name", "feeds", "checkout_base_url", "headers"})
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -49,6 +50,7 @@ class Config:
     sources: tuple[Source, ...]
     settings: Settings = field(default_factory=Settings)
     path: str = "<config>"
+    warnings: tuple[str, ...] = ()  # keys not understood (typos?), for the caller to log
 
 
 def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
@@ -76,7 +78,12 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
     )
     _check_unique_names(parsed, path)
     settings = parse_settings(document.get("harvester", {}), path)
-    return Config(sources=parsed, settings=settings, path=path)
+    warnings = tuple(
+        f"{path}: sources[{index}].{name}: unknown key, ignored"
+        for index, raw in enumerate(sources) if isinstance(raw, dict)
+        for name in raw if name not in SOURCE_KEYS
+    )  # fmt: skip
+    return Config(sources=parsed, settings=settings, path=path, warnings=warnings)
 
 
 def parse_source(raw: Any, environ: Mapping[str, str], path: str, key: str) -> Source:
