@@ -282,6 +282,8 @@ class Worker:
 
     def wait_for_work(self) -> None:
         """Sleep until a harvest finishes, a feed falls due, or shutdown."""
+        if self.all_done():
+            return  # with once: the last outcome was just collected; exit without a nap
         timeout = 1.0
         if self.due and len(self.running) < self.settings.workers:
             timeout = min(timeout, max(0.0, self.due[0][0] - time.monotonic()))
