@@ -1,0 +1,724 @@
+"""The benchmark of issue 5: the harvester beside a raw baseline, on one machine, in one run.
+
+``python bench/run.py [--items 1000000] [--database-url URL] [--skip-baseline]``
+
+1. starts the sample publisher in its own process (``python -m harvester.sample``);
+2. runs the raw baseline (``bench/baseline.py``) against it into a fresh database;
+3. runs ``harvester run --once`` (the real CLI) against it into another fresh database,
+   measuring its wall time and its own peak RSS (``wait4`` on its pid);
+4. on the harvested database (after ANALYZE): median and p95 of the read queries, of a
+   parent change re-deriving 1,000 children (records.to_rows + store.write_page), and
+   the delay until a change published on a last page is visible in ``bookable_now``
+   while ``harvester run`` polls (a small in-process sample publisher, source ``live``).
+
+Databases ``bench_baseline_<pid>`` and ``bench_harvester_<pid>`` are created on the
+server and dropped at the end. The server: ``--database-url``, else TEST_DATABASE_URL or
+DATABASE_URL, else an embedded PostgreSQL (pgserver) in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.string import TextLoader
+from sqlalchemy import Engine, make_url, text
+
+from harvester import database, records, rpde, store
+from harvester.sample import SamplePublisher
+from harvester.store import FeedRow, PageWrite
+
+BENCH_DIR = Path(__file__).resolve().parent
+FEEDS = ("session-series", "scheduled-sessions", "facility-uses", "slots")
+SOURCE = "bench"
+LIVE_SOURCE = "live"
+CHECKOUT = "checkout.bench.example"
+FLAGS = ("imin:isPotentiallyBookable", "_imin:isPotentiallyBookable")
+HOST = "https://sample-firehose.example"
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, stamped with the time since start."""
+    print(f"[{time.perf_counter() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+STARTED = time.perf_counter()
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def libpq_url(url: str, database_name: str | None = None) -> str:
+    """The libpq form of a URL (psycopg), optionally on another database."""
+    parsed = make_url(database.normalise_url(url)).set(drivername="postgresql")
+    if database_name is not None:
+        parsed = parsed.set(database=database_name)
+    return parsed.render_as_string(hide_password=False)
+
+
+@dataclass
+class Timing:
+    """Repeated timings of one operation, in seconds."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        """The median."""
+        return statistics.median(self.samples)
+
+    @property
+    def p95(self) -> float:
+        """The 95th percentile (nearest rank)."""
+        return percentile(self.samples, 0.95)
+
+
+# --- the server, the machine, the databases ------------------------------------------------
+
+
+@contextmanager
+def server_url(given: str | None) -> Iterator[str]:
+    """The server's URL in libpq form: given, from the environment, or an embedded one."""
+    url = given or os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield libpq_url(url)
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="harvester-bench-pg-"))
+    try:
+        log(f"no database URL: embedded PostgreSQL in {data_dir}")
+        with database.embedded_database(data_dir) as embedded:
+            yield libpq_url(embedded)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def machine(server: str) -> dict[str, str]:
+    """CPU count and model, memory, Python and PostgreSQL versions."""
+    model = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with open("/proc/meminfo", encoding="utf-8") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    with psycopg.connect(server, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
+        buffers = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
+    return {
+        "code": code_version(),
+        "cpus": str(os.cpu_count()),
+        "cpu model": model,
+        "memory": memory,
+        "python": platform.python_version(),
+        "postgresql": f"{version} (synchronous_commit={sync}, shared_buffers={buffers})",
+        "load avg": load_average(),
+    }
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (other work on the machine skews the figures)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def code_version() -> str:
+    """The commit measured, marked dirty when the work tree has changes."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=BENCH_DIR, capture_output=True,
+            text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return described.stdout.strip()
+
+
+@contextmanager
+def scratch_database(server: str, name: str) -> Iterator[str]:
+    """A fresh database on the server (libpq URL), dropped on exit."""
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield libpq_url(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+@contextmanager
+def publisher_process(items: int, page_size: int) -> Iterator[str]:
+    """The sample publisher in its own process; yields its base URL."""
+    command = [sys.executable, "-m", "harvester.sample", "--items", str(items), "--port", "0",
+               "--page-size", str(page_size)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the sample publisher did not start: {line!r}")
+        yield line.split(" ", 1)[1]
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM this process (by its pid), then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class ProcessRun:
+    """A finished child process: exit code, wall time, peak RSS, RSS samples, output."""
+
+    returncode: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    rss_samples: list[tuple[float, float]]  # (seconds since start, MB)
+    stdout: str
+    stderr: str
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS of a live process, in MB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_measured(command: Sequence[str], workdir: Path, name: str) -> ProcessRun:
+    """Run a command to its end: wall time, and its own peak RSS from wait4's rusage."""
+    out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
+    samples: list[tuple[float, float]] = []
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        done = threading.Event()
+        sampler = threading.Thread(
+            target=sample_rss, args=(process.pid, started, samples, done), daemon=True
+        )
+        sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, no one else's
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+    return ProcessRun(
+        returncode=process.returncode, seconds=seconds,
+        cpu_seconds=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024,
+        rss_samples=samples, stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+    )  # fmt: skip
+
+
+def sample_rss(
+    pid: int, started: float, samples: list[tuple[float, float]], done: threading.Event
+) -> None:
+    """Record the process's RSS every 0.25 s until it exits."""
+    while not done.wait(0.25):
+        value = rss_mb(pid)
+        if value is not None:
+            samples.append((time.perf_counter() - started, value))
+
+
+def harvester_command() -> list[str]:
+    """The installed console script next to this Python, else ``python -m harvester``."""
+    script = Path(sys.executable).parent / "harvester"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "harvester"]
+
+
+def write_config(path: Path, source: str, feed_urls: Sequence[str]) -> Path:
+    """A harvester config (contract TOML) with one source."""
+    feeds = "".join(f"  {orjson.dumps(url).decode()},\n" for url in feed_urls)
+    path.write_text(
+        f'[[sources]]\nname = "{source}"\ncheckout_base_url = "{CHECKOUT}"\nfeeds = [\n{feeds}]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+# --- phases 2 and 3: baseline and harvester -----------------------------------------------
+
+
+def run_baseline(db: str, feed_urls: Sequence[str], workdir: Path) -> ProcessRun:
+    """bench/baseline.py in its own process."""
+    command = [sys.executable, str(BENCH_DIR / "baseline.py"), "--database-url", db, *feed_urls]
+    result = run_measured(command, workdir, "baseline")
+    if result.returncode != 0:
+        raise RuntimeError(f"the baseline failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_harvester_once(db: str, config: Path, workdir: Path) -> ProcessRun:
+    """``harvester run --once`` in its own process."""
+    command = [*harvester_command(), "run", "--once", "--config", str(config),
+               "--database-url", db, "--log-level", "WARNING"]  # fmt: skip
+    result = run_measured(command, workdir, "harvester")
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"harvester run --once failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def count_rows(db: str, sql: str) -> int:
+    """The single integer a query returns."""
+    with psycopg.connect(db) as conn:
+        return int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
+
+
+def rss_profile(samples: list[tuple[float, float]]) -> str:
+    """RSS at a quarter, half, three quarters and the end of the run."""
+    if not samples:
+        return "n/a"
+    end = samples[-1][0]
+    points = []
+    for fraction in (0.25, 0.5, 0.75, 1.0):
+        at = [mb for seconds, mb in samples if seconds <= fraction * end]
+        points.append(f"{at[-1]:.0f}" if at else "-")
+    return " / ".join(points) + " MB"
+
+
+# --- phase 4: queries ------------------------------------------------------------------------
+
+
+QUERIES = (
+    ("SELECT count(*) FROM bookable_now", "SELECT count(*) FROM bookable_now"),
+    ("bookable_now ORDER BY start_date LIMIT 50",
+     "SELECT * FROM bookable_now ORDER BY start_date LIMIT 50"),
+    ("SELECT * FROM bookable_at(now() + 3 days)",
+     "SELECT * FROM bookable_at(now() + interval '3 days')"),
+)  # fmt: skip
+
+
+def time_query(conn: psycopg.Connection, sql: str, runs: int, budget: float) -> tuple[Timing, int]:
+    """Median/p95 of a query fetched whole; fewer runs if one takes long (``budget`` s)."""
+    rows = 0
+    for _ in range(2):  # warm-up
+        started = time.perf_counter()
+        rows = len(conn.execute(sql).fetchall())
+        first = time.perf_counter() - started
+    runs = min(runs, max(10, int(budget / max(first, 1e-6))))
+    timing = Timing()
+    for _ in range(runs):
+        started = time.perf_counter()
+        conn.execute(sql).fetchall()
+        timing.samples.append(time.perf_counter() - started)
+    return timing, rows
+
+
+def measure_queries(db: str, runs: int) -> list[tuple[str, Timing, int, int]]:
+    """(label, timing, rows returned, count) of each read query."""
+    results = []
+    with psycopg.connect(db, autocommit=True, options="-c timezone=UTC") as conn:
+        # jsonb arrives as text: the figures are the database's, not Python's JSON decoding.
+        conn.adapters.register_loader("jsonb", TextLoader)
+        for label, sql in QUERIES:
+            timing, rows = time_query(conn, sql, runs, budget=60.0)
+            if sql.startswith("SELECT count"):
+                rows = int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
+            results.append((label, timing, rows, len(timing.samples)))
+            log(f"{label}: median {timing.median * 1000:.1f} ms over {len(timing.samples)} runs")
+    return results
+
+
+# --- phase 4: one parent change with 1,000 children ---------------------------------------
+
+
+PICK_PARENT = """
+SELECT p.kind, p.rpde_id, p.item_id, p.modified, p.data,
+       (SELECT count(*) FROM harvester.items AS c
+        WHERE c.source = p.source AND c.role = 'child' AND c.parent_ref = p.item_id) AS children
+FROM (SELECT parent_ref, count(*) AS n FROM harvester.items
+      WHERE source = :source AND role = 'child' AND parent_kind = 'SessionSeries'
+      GROUP BY parent_ref) AS top
+JOIN harvester.items AS p
+  ON p.source = :source AND p.role = 'parent' AND p.item_id = top.parent_ref
+WHERE p.type = 'SessionSeries' AND p.offer_problem IS NULL
+ORDER BY top.n DESC, p.rpde_id LIMIT 1
+"""
+
+BOOKABLE_CHILDREN = """
+SELECT count(*) FILTER (WHERE bookable IS NOT NULL), count(*) FROM harvester.items
+WHERE source = :source AND role = 'child' AND parent_ref = :ref
+"""
+
+
+def feed_row(engine: Engine, suffix: str) -> FeedRow:
+    """The harvested feed whose URL ends with ``suffix``."""
+    with engine.begin() as conn:
+        return next(f for f in store.load_feeds(conn) if f.url.endswith(suffix))
+
+
+def write_items(engine: Engine, feed: FeedRow, items: list[dict[str, Any]]) -> float:
+    """The harvester's own path for one page: parse, to_rows, write_page; seconds taken.
+
+    The page names the feed's stored position as both its URL and ``next``, so the
+    feed's cursor stays where the harvest left it.
+    """
+    body = orjson.dumps({"next": feed.next_url, "items": items})
+    started = time.perf_counter()
+    page = rpde.parse_page(feed.next_url, body)
+    rows = records.to_rows(page.items)
+    write = PageWrite(rows, page.rejected, page.url, page.next_url, caught_up=True)
+    with engine.begin() as conn:
+        store.write_page(conn, feed, write)
+    return time.perf_counter() - started
+
+
+def child_item(template: dict[str, Any], parent_id: str, number: int) -> dict[str, Any]:
+    """An RPDE item: a bookable ScheduledSession of ``parent_id``, 1-2 days ahead."""
+    data = copy.deepcopy(template)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1, minutes=number)
+    for flag in FLAGS:
+        data.pop(flag, None)
+    data.update({
+        "@id": f"{HOST}/scheduled-sessions/bench-{number}",
+        "identifier": f"bench-{number}",
+        "superEvent": parent_id,
+        "startDate": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "endDate": (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventStatus": "https://schema.org/EventScheduled",
+        FLAGS[0]: True,
+    })  # fmt: skip
+    return {"state": "updated", "kind": "ScheduledSession", "id": f"bench-child-{number}",
+            "modified": 1, "data": data}  # fmt: skip
+
+
+@dataclass
+class ParentChange:
+    """The parent changed, its children, and the timings of its changes."""
+
+    parent_id: str
+    children: int
+    added: int
+    timing: Timing
+    bookable_when_on: int
+    bookable_when_off: int
+
+
+def measure_parent_change(db: str, flips: int) -> ParentChange:
+    """Flip a SessionSeries' publicAdult flag back and forth; ≥1,000 children re-derived."""
+    engine = database.make_engine(db, pool_size=2, max_overflow=0)
+    try:
+        with engine.begin() as conn:
+            parent = conn.execute(text(PICK_PARENT), {"source": SOURCE}).one()
+            template = conn.execute(
+                text("SELECT data FROM harvester.items WHERE source = :s AND role = 'child'"
+                     " AND parent_ref = :ref LIMIT 1"),
+                {"s": SOURCE, "ref": parent.item_id},
+            ).scalar_one()  # fmt: skip
+        added = max(0, 1000 - parent.children)
+        sessions = feed_row(engine, "/feeds/scheduled-sessions")
+        new = [child_item(template, parent.item_id, n) for n in range(added)]
+        for start in range(0, len(new), 500):
+            write_items(engine, sessions, new[start : start + 500])
+        series = feed_row(engine, "/feeds/session-series")
+        data, modified = copy.deepcopy(parent.data), int(parent.modified)
+        offer = data["imin:aggregateOffer"]["publicAdult"]
+        flag = next(key for key in FLAGS if key in offer)
+        timing, counts = Timing(), {True: 0, False: 0}
+        for number in range(flips + 2):  # two warm-ups; an even total restores the parent
+            offer[flag] = not offer[flag]
+            modified += 1
+            item = {"state": "updated", "kind": parent.kind, "id": parent.rpde_id,
+                    "modified": modified, "data": data}  # fmt: skip
+            seconds = write_items(engine, series, [item])
+            if number >= 2:
+                timing.samples.append(seconds)
+            with engine.begin() as conn:
+                bookable, total = conn.execute(
+                    text(BOOKABLE_CHILDREN), {"source": SOURCE, "ref": parent.item_id}
+                ).one()
+            counts[bool(offer[flag])] = bookable
+        return ParentChange(parent.item_id, total, added, timing, counts[True], counts[False])
+    finally:
+        engine.dispose()
+
+
+# --- phase 4: visibility of a change on a last page ---------------------------------------
+
+
+@dataclass
+class Visibility:
+    """Delays from publishing a change to seeing it in bookable_now."""
+
+    delays: list[float]
+    poll_query: Timing
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 0.2 s; RuntimeError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def live_caught_up(conn: psycopg.Connection) -> bool:
+    """Every feed of the live source reached its last page."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE caught_up_at IS NOT NULL), count(*)"
+        " FROM harvester.feeds WHERE source = %s",
+        (LIVE_SOURCE,),
+    ).fetchone()
+    return row is not None and row[1] == len(FEEDS) and row[0] == row[1]
+
+
+def measure_visibility(db: str, trials: int, workdir: Path) -> Visibility:
+    """Publish a new bookable session on a caught-up feed; time until bookable_now has it."""
+    publisher = SamplePublisher(items=2_000, page_size=500)
+    with ExitStack() as stack:
+        stack.enter_context(publisher)
+        urls = list(publisher.feed_urls.values())
+        config = write_config(workdir / "live.toml", LIVE_SOURCE, urls)
+        err = stack.enter_context(open(workdir / "live.err", "wb"))
+        command = [*harvester_command(), "run", "--config", str(config), "--database-url", db,
+                   "--log-level", "WARNING"]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        stack.callback(stop_process, process)
+        conn = stack.enter_context(psycopg.connect(db, autocommit=True))
+        wait_until(lambda: live_caught_up(conn), 120, "the live source to catch up")
+        template = conn.execute(
+            "SELECT data FROM bookable_now WHERE source = %s AND kind = 'ScheduledSession'"
+            " ORDER BY start_date DESC LIMIT 1", (LIVE_SOURCE,),
+        ).fetchone()[0]  # type: ignore[index]  # fmt: skip
+        visibility = Visibility([], Timing())
+        for number in range(trials):
+            time.sleep(random.uniform(0, 8))  # a random phase against the 8 s poll
+            delay = publish_and_wait(publisher, conn, template, number, visibility)
+            visibility.delays.append(delay)
+            log(f"visibility trial {number + 1}/{trials}: {visibility.delays[-1]:.2f} s")
+        if process.poll() is not None:
+            raise RuntimeError("harvester run exited during the visibility test")
+        return visibility
+
+
+def publish_and_wait(
+    publisher: SamplePublisher,
+    conn: psycopg.Connection,
+    template: dict[str, Any],
+    number: int,
+    visibility: Visibility,
+) -> float:
+    """Upsert one new session at the publisher; seconds until bookable_now shows it."""
+    data = copy.deepcopy(template)
+    data["@id"] = f"{HOST}/scheduled-sessions/live-{number}"
+    data["identifier"] = f"live-{number}"
+    published = time.perf_counter()
+    publisher.upsert("scheduled-sessions", f"live-{number}", data, kind="ScheduledSession")
+    sql = "SELECT 1 FROM bookable_now WHERE source = %s AND id = %s"
+    while True:
+        started = time.perf_counter()
+        found = conn.execute(sql, (LIVE_SOURCE, data["@id"])).fetchone()
+        visibility.poll_query.samples.append(time.perf_counter() - started)
+        if found is not None:
+            return time.perf_counter() - published
+        if time.perf_counter() - published > 60:
+            raise RuntimeError("a published change did not become visible within 60 s")
+        time.sleep(0.05)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    """Seconds as milliseconds."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    """The status column."""
+    return "met" if ok else "NOT MET"
+
+
+def two_sided(timing: Timing, limit: float) -> str:
+    """Met when the p95 is within the limit; says so when only the median is."""
+    if timing.p95 <= limit:
+        return "met (p95 too)"
+    return "met by median, not p95" if timing.median <= limit else "NOT MET"
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    """A plain text table."""
+    headers = ("measure", "result", "target", "status")
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(4)]
+    line = "  ".join("-" * width for width in widths)
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print(line)
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description="Harvester benchmark beside a raw baseline.")
+    parser.add_argument("--items", type=int, default=1_000_000, help="default 1,000,000")
+    parser.add_argument("--database-url", help="a PostgreSQL server (default: TEST_DATABASE_URL"
+                        ", DATABASE_URL, else an embedded pgserver)")  # fmt: skip
+    parser.add_argument("--skip-baseline", action="store_true", help="harvester only")
+    parser.add_argument("--page-size", type=int, default=500, help="default 500")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per query (default 50)")
+    parser.add_argument("--flips", type=int, default=20, help="timed parent changes (default 20)")
+    parser.add_argument("--visibility-trials", type=int, default=5, help="default 5")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every phase and print the report."""
+    args = parse_args(argv)
+    pid = os.getpid()
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="harvester-bench-")))
+        server = stack.enter_context(server_url(args.database_url))
+        info = machine(server)
+        base = stack.enter_context(publisher_process(args.items, args.page_size))
+        feed_urls = [f"{base}/feeds/{feed}" for feed in FEEDS]
+        log(f"sample publisher with {args.items:,} items at {base}")
+
+        baseline = held_baseline = None
+        if not args.skip_baseline:
+            db = stack.enter_context(scratch_database(server, f"bench_baseline_{pid}"))
+            log("raw baseline: running")
+            baseline = run_baseline(db, feed_urls, workdir)
+            held_baseline = count_rows(db, "SELECT count(*) FROM items")
+            log(f"raw baseline: {baseline.seconds:.1f} s")
+
+        db = stack.enter_context(scratch_database(server, f"bench_harvester_{pid}"))
+        config = write_config(workdir / "bench.toml", SOURCE, feed_urls)
+        log("harvester run --once: running")
+        harvested = run_harvester_once(db, config, workdir)
+        log(f"harvester run --once: {harvested.seconds:.1f} s")
+        held = count_rows(db, f"SELECT count(*) FROM harvester.items WHERE source = '{SOURCE}'")
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+        queries = measure_queries(db, args.runs)
+        log("parent change: running")
+        change = measure_parent_change(db, args.flips)
+        log("visibility: running")
+        visible = measure_visibility(db, args.visibility_trials, workdir)
+        report(args, info, baseline, held_baseline, harvested, held, queries, change, visible)
+    log("done")
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    baseline: ProcessRun | None,
+    held_baseline: int | None,
+    harvested: ProcessRun,
+    held: int,
+    queries: list[tuple[str, Timing, int, int]],
+    change: ParentChange,
+    visible: Visibility,
+) -> None:
+    """Print the machine, the figures beside their targets, and the details."""
+    items = args.items
+    print()
+    print(f"harvester benchmark: {items:,} items over 4 feeds, pages of {args.page_size}")
+    for key, value in info.items():
+        print(f"  {key:11} {value}")
+    print()
+    harvester_rate = items / harvested.seconds
+    rows: list[tuple[str, str, str, str]] = []
+    if baseline is not None:
+        baseline_rate = items / baseline.seconds
+        ratio = harvester_rate / baseline_rate
+        rows.append(("raw baseline throughput", f"{baseline_rate:,.0f} items/s "
+                     f"({baseline.seconds:.1f} s)", "", ""))  # fmt: skip
+    rows.append(("harvester throughput (run --once)",
+                 f"{harvester_rate:,.0f} items/s ({harvested.seconds:.1f} s)", "", ""))  # fmt: skip
+    if baseline is not None:
+        status = verdict(ratio >= 1.0) + (" (aim 1.5x met)" if ratio >= 1.5 else "")
+        rows.append(("harvester / baseline", f"{ratio:.2f}x", ">= 1.0x (aim 1.5x)", status))
+    rows.append(("harvester peak RSS", f"{harvested.peak_rss_mb:.0f} MB", "<= 200 MB",
+                 verdict(harvested.peak_rss_mb <= 200)))  # fmt: skip
+    for label, timing, count, runs in queries:
+        target, ok = "", ""
+        if "LIMIT 50" in label:
+            target, ok = "median <= 10 ms", two_sided(timing, 0.010)
+        rows.append((f"{label} [{count:,} rows, {runs} runs]",
+                     f"median {ms(timing.median)}, p95 {ms(timing.p95)}", target, ok))  # fmt: skip
+    rows.append((f"parent change, {change.children:,} children [{len(change.timing.samples)} runs]",
+                 f"median {ms(change.timing.median)}, p95 {ms(change.timing.p95)}",
+                 "<= 100 ms", two_sided(change.timing, 0.100)))  # fmt: skip
+    worst = max(visible.delays)
+    rows.append((f"change on last page visible in bookable_now [{len(visible.delays)} trials]",
+                 f"median {statistics.median(visible.delays):.2f} s, max {worst:.2f} s",
+                 "<= 10 s (8 s polls)", verdict(worst <= 10.0)))  # fmt: skip
+    print_table(rows)
+    print()
+    print("details")
+    if baseline is not None:
+        print(f"  rows held: baseline {held_baseline:,}, harvester {held:,} "
+              f"(same: {held_baseline == held})")  # fmt: skip
+        print(f"  baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, "
+              f"CPU {baseline.cpu_seconds:.1f} s; {baseline.stdout.strip()}")  # fmt: skip
+    else:
+        print(f"  rows held by the harvester: {held:,}")
+    print(f"  harvester: CPU {harvested.cpu_seconds:.1f} s; {harvested.stdout.strip()}")
+    print("  harvester RSS at 25% / 50% / 75% / 100% of its run:",
+          rss_profile(harvested.rss_samples))  # fmt: skip
+    print(f"  parent {change.parent_id}: {change.added} children added through write_page;"
+          f" bookable children with the flag on {change.bookable_when_on:,}, off "
+          f"{change.bookable_when_off:,}")  # fmt: skip
+    print(f"  visibility delays: {', '.join(f'{d:.2f}' for d in visible.delays)} s; the poll "
+          f"query took median {ms(visible.poll_query.median)}")  # fmt: skip
+    print(f"  benchmark wall time: {time.perf_counter() - STARTED:.0f} s;"
+          f" load average at the end: {load_average()}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
