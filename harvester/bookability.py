@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -269,8 +269,14 @@ def parse_span(value: Any) -> tuple[Span | None, str | None]:
 
 
 def subtract_span(moment: datetime, span: Span) -> datetime:
-    """`moment - span`, months counted on the UTC calendar (day clamped like PostgreSQL)."""
+    """`moment - span`, months on the moment's own clock (ISO 8601, isodate; day clamped)."""
     return _add_months(moment, -span.months) - timedelta(microseconds=span.micros)
+
+
+def utc_offset_seconds(moment: datetime | None) -> int | None:
+    """The UTC offset the date-time was written with, in seconds (SQL's months follow it)."""
+    offset = moment.utcoffset() if moment is not None else None
+    return None if offset is None else int(offset.total_seconds())
 
 
 def booking_window(
@@ -302,11 +308,10 @@ def is_bookable_at(child: Child, offer: Offer | None, at: datetime) -> bool:
 def _add_months(moment: datetime, months: int) -> datetime:
     if months == 0:
         return moment
-    utc = moment.astimezone(UTC)
-    index = utc.year * 12 + (utc.month - 1) + months
+    index = moment.year * 12 + (moment.month - 1) + months
     year, month = divmod(index, 12)
-    day = min(utc.day, calendar.monthrange(year, month + 1)[1])
-    return utc.replace(year=year, month=month + 1, day=day)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
 
 
 def _declared_type(data: Any) -> str | None:

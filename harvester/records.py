@@ -15,7 +15,7 @@ STAGING_COLUMNS = (
     "kind", "rpde_id", "deleted", "modified", "modified_text", "data", "type", "role",
     "item_id", "identifier", "start_date", "end_date", "parent_ref", "problem",
     "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
-    "through_months", "through_micros", "refs",
+    "through_months", "through_micros", "refs", "start_offset",
 )  # fmt: skip
 Row = tuple[Any, ...]
 _EMPTY_CHILD = (None,) * 8
@@ -38,27 +38,27 @@ def to_row(item: Item) -> Row:
     """The staging row of one item: envelope, then what bookability reads from its data."""
     head = (item.kind, item.id, item.deleted, item.modified_number, item.modified_text)
     if item.data is None:
-        return (*head, None, None, None, *_EMPTY_CHILD, *_EMPTY_OFFER, None)
+        return (*head, None, None, None, *_EMPTY_CHILD, *_EMPTY_OFFER, None, None)
     item_type = bookability.type_of(item.kind, item.data)
     body = (dump_json(item.data), item_type)
     if item_type in bookability.CHILD_TYPES:
-        return (*head, *body, "child", *child_fields(item_type, item.data), None)
+        return (*head, *body, "child", *child_fields(item_type, item.data))
     if item_type in bookability.PARENT_TYPES:
         parent = bookability.read_parent(item_type, item.data)
         return (*head, *body, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
-                list(parent.refs))  # fmt: skip
+                list(parent.refs), None)  # fmt: skip
     return (*head, *body, "other", bookability.id_of(item.data), *_EMPTY_CHILD[1:],
-            *_EMPTY_OFFER, None)  # fmt: skip
+            *_EMPTY_OFFER, None, None)  # fmt: skip
 
 
 def child_fields(item_type: str, data: dict[str, Any]) -> Row:
-    """item_id … offer columns of a child (the offer is its embedded parent's, if any)."""
+    """item_id … start_offset columns of a child (the offer is its embedded parent's, if any)."""
     child = bookability.read_child(item_type, data)
     offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
     return (
         child.id, child.identifier, child.start_date, child.end_date, child.parent_ref,
         child.problem, bookability.checkout_path(item_type, child.identifier),
-        child.embedded_type, *offer,
+        child.embedded_type, *offer, None, bookability.utc_offset_seconds(child.start_date),
     )  # fmt: skip
 
 

@@ -84,6 +84,7 @@ items = Table(
     Column("item_id", Text),  # data @id
     Column("identifier", Text),
     Column("start_date", TIMESTAMPTZ),
+    Column("start_offset", Integer),  # startDate's UTC offset (s): months count on its clock
     Column("end_date", TIMESTAMPTZ),
     Column("parent_ref", Text),  # superEvent / facilityUse @id
     Column("problem", Text),  # why this item itself cannot be booked

@@ -56,7 +56,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
     start_date timestamptz, end_date timestamptz, parent_ref text, problem text,
     checkout_path text, embedded_type text, offer_problem text,
     from_months integer, from_micros bigint, through_months integer, through_micros bigint,
-    refs text[]
+    refs text[], start_offset integer
 ) ON COMMIT DELETE ROWS
 """
 
@@ -93,14 +93,14 @@ def window_sql(child: str) -> str:
     )
     return (
         f"harvester.booking_window({child}.start_date, {child}.problem IS NULL, "
-        f"{offer_ok}, {columns})"
+        f"{offer_ok}, {columns}, {child}.start_offset)"
     )
 
 
 ITEM_COLUMNS = (
     "modified", "modified_text", "type", "role", "item_id", "identifier", "start_date",
     "end_date", "parent_ref", "problem", "checkout_path", "embedded_type", "offer_problem",
-    "from_months", "from_micros", "through_months", "through_micros", "refs",
+    "from_months", "from_micros", "through_months", "through_micros", "refs", "start_offset",
 )  # fmt: skip
 
 UPSERT_ITEMS = f"""
