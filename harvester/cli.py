@@ -105,7 +105,7 @@ def command_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with open_database(args, environ) as engine:
         database.migrate(engine)
         outcome = harvest(engine, config, once=args.once)
-    return finish_run(outcome, args.once)
+    return finish_run(outcome, args.once, json_logs=args.log_format == "json")
 
 
 def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -120,7 +120,7 @@ def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> in
         for feed in feeds:
             logger.info("backfilling %s", feed.url, extra={"event": "backfill_started"})
         outcome = harvest(engine, config, once=True, feeds=feeds, progress=True)
-    return finish_run(outcome, once=True)
+    return finish_run(outcome, once=True, json_logs=args.log_format == "json")
 
 
 def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -163,11 +163,17 @@ def harvest(
         fetcher.close()
 
 
-def finish_run(outcome: RunReport, once: bool, out: TextIO = sys.stdout) -> int:
+def finish_run(
+    outcome: RunReport, once: bool, out: TextIO = sys.stdout, *, json_logs: bool = False
+) -> int:
     """Print the summary; non-zero when any feed failed (with --once)."""
     print(f"harvester: {outcome.pages} pages, {outcome.items} items written", file=out)
     for feed, reason in sorted(outcome.failures.items()):
-        print(f"harvester: FAILED {feed}: {reason}", file=sys.stderr)
+        if json_logs:  # stderr stays one JSON object per line
+            logger.error("FAILED %s: %s", feed, reason,
+                         extra={"event": "run_failed", "feed": feed, "reason": reason})  # fmt: skip
+        else:
+            print(f"harvester: FAILED {feed}: {reason}", file=sys.stderr)
     return EXIT_FAILED_FEEDS if once and outcome.failures else EXIT_OK
 
 
