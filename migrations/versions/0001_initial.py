@@ -23,8 +23,8 @@ SCHEMA = "harvester"
 MINUS_SPAN = """
 CREATE FUNCTION harvester.minus_span(at timestamptz, months integer, micros bigint)
 RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT ((at AT TIME ZONE 'UTC') - make_interval(months => months)) AT TIME ZONE 'UTC'
-         - micros * interval '1 microsecond'
+  SELECT ((at AT TIME ZONE 'UTC') - make_interval(months => months)
+          - micros * interval '1 microsecond') AT TIME ZONE 'UTC'
 $$
 """
 

@@ -25,15 +25,15 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-# `at - months` on the wall clock of UTC offset `utc_offset` seconds, then exact micros.
+# `at - months - micros` on the wall clock of UTC offset `utc_offset` seconds. All of it is
+# timestamp (not timestamptz) arithmetic, which is IMMUTABLE: so the planner inlines it.
 MINUS_SPAN = """
 CREATE FUNCTION harvester.minus_span(
     at timestamptz, months integer, micros bigint, utc_offset integer)
 RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT ((at AT TIME ZONE make_interval(secs => COALESCE(utc_offset, 0)))
-          - make_interval(months => months))
+          - make_interval(months => months) - micros * interval '1 microsecond')
          AT TIME ZONE make_interval(secs => COALESCE(utc_offset, 0))
-         - micros * interval '1 microsecond'
 $$
 """
 
