@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
-from harvester.bookability import CHILD_TYPES, type_from_kind
 from harvester.config import Source
 from harvester.errors import LeaseLost
 from harvester.records import STAGING_COLUMNS, Row
@@ -201,6 +200,15 @@ WHERE c.source = x.source AND c.kind = x.kind AND c.rpde_id = x.rpde_id
        OR c.parent_rpde_id IS DISTINCT FROM x.parent_rpde_id)
 """
 
+HOLDS_PARENT = """
+SELECT EXISTS (
+    SELECT 1 FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS text[])) AS k(kind, rpde_id)
+    JOIN harvester.items AS i
+      ON i.source = :source AND i.kind = k.kind AND i.rpde_id = k.rpde_id
+    WHERE i.role = 'parent'
+)
+"""
+
 SWEEP_UNSEEN = """
 DELETE FROM harvester.items
 WHERE feed_id = :feed_id AND seen_generation < :generation
@@ -249,7 +257,8 @@ def write_page(
 ) -> None:
     """Apply one page and move the feed's position, atomically (the caller commits)."""
     finishing = page.caught_up and feed.backfill_generation is not None
-    lock_source(conn, feed.source, exclusive=finishing or _may_change_parents(page.rows))
+    exclusive = finishing or may_change_parents(conn, feed.source, page.rows)
+    lock_source(conn, feed.source, exclusive=exclusive)
     if page.rows:
         apply_rows(conn, feed, page.rows)
     record_rejected(conn, feed.id, page.page_url, page.rejected)
@@ -543,12 +552,22 @@ def count_bookable_now(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM bookable_now")).scalar_one())
 
 
-def _may_change_parents(rows: Sequence[Row]) -> bool:
-    """A parent row, or a tombstone whose kind does not name a child type."""
-    return any(
-        row[7] == "parent" or (row[2] and type_from_kind(row[0]) not in CHILD_TYPES)
-        for row in rows
-    )
+def may_change_parents(conn: Connection, source: str, rows: Sequence[Row]) -> bool:
+    """The page holds a parent, or a tombstone of an item held as a parent.
+
+    A tombstone carries no data, and kinds are ambiguous (Legend's SessionSeries feed
+    says `ScheduledSession.SessionSeries`), so what it deletes is looked up.
+    """
+    if any(row[7] == "parent" for row in rows):
+        return True
+    tombstones = [row for row in rows if row[2]]
+    if not tombstones:
+        return False
+    params = {
+        "source": source, "kinds": [row[0] for row in tombstones],
+        "ids": [row[1] for row in tombstones],
+    }  # fmt: skip
+    return bool(conn.execute(text(HOLDS_PARENT), params).scalar())
 
 
 def _deleted_parents(deleted: Sequence[Any]) -> set[tuple[str, str]]:
