@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m harvester`."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    exit_on_signals()
     try:
         return int(args.handler(args, os.environ))
     except ConfigError as exc:
@@ -224,6 +225,16 @@ def open_database(args: argparse.Namespace, environ: Mapping[str, str]) -> Itera
             yield engine
         finally:
             engine.dispose()
+
+
+def exit_on_signals() -> None:
+    """Until harvesting starts (migrations, start-up), SIGTERM/SIGINT just exit cleanly."""
+
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(EXIT_OK)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, leave)
 
 
 @contextmanager

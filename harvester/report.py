@@ -31,7 +31,8 @@ def print_status(rows: Sequence[Any], out: TextIO) -> None:
         print("  ".join([*cells, line[-1]]).rstrip(), file=out)
     for row in rows:
         if row.last_error:
-            print(f"last error [{row.source} {row.url}]: {row.last_error}", file=out)
+            retry = f" (next try {format_time(row.retry_at)})" if row.retry_at else ""
+            print(f"last error [{row.source} {row.url}]: {row.last_error}{retry}", file=out)
 
 
 def status_fields(row: Any) -> tuple[str, ...]:

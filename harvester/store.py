@@ -218,7 +218,9 @@ RETURNING role, kind, rpde_id
 ADVANCE_FEED = """
 UPDATE harvester.feeds
 SET next_url = :next_url, pages = pages + 1, items_written = items_written + :count,
-    last_page_at = now(), state = :state, retry_at = NULL,
+    last_page_at = now(), retry_at = NULL,
+    state = CASE WHEN backfill_generation IS NOT NULL AND NOT :finish_backfill
+                 THEN 'backfilling' ELSE :state END,
     caught_up_at = CASE WHEN :caught_up THEN now() ELSE caught_up_at END,
     last_error = CASE WHEN :caught_up OR :count > 0 THEN NULL ELSE last_error END,
     generation = :generation,

@@ -226,7 +226,7 @@ class Worker:
         state, retry_in = classify(error, self.settings.overload_retry_seconds)
         retry_at = datetime.now(UTC) + timedelta(seconds=retry_in) if retry_in else None
         logger.error(
-            "%s: %s", feed.url, error,
+            "%s", error,
             extra={"event": "feed_failed", "feed": feed.url, "state": state},
         )  # fmt: skip
         metrics.record_error(feed.source, feed.url, state)
