@@ -45,6 +45,15 @@ from sqlalchemy import Engine, make_url, text
 
 from harvester.sample import FEED_NAMES, SamplePublisher
 
+# [harvester] settings that make faults, back-offs and lease take-overs last seconds.
+FAST_SETTINGS: dict[str, Any] = {
+    "min_poll_seconds": 1,
+    "overload_retry_seconds": [2, 3],
+    "retry_attempts": 3,
+    "retry_max_seconds": 10,
+    "lease_seconds": 3,
+}
+
 Key = tuple[str, str]  # (RPDE kind, str(RPDE id)): how SamplePublisher.held() keys items
 Held = dict[Key, Any]  # key -> data
 

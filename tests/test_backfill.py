@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from helpers import (
+    FAST_SETTINGS,
     assert_holds_exactly,
     feed_rows,
     libpq_url,
@@ -32,7 +33,7 @@ from sqlalchemy import Engine, text
 from harvester.sample import FEED_NAMES, Fault, SamplePublisher
 
 PAGE_SIZE = 50
-FAST = {"min_poll_seconds": 1, "retry_attempts": 3, "retry_max_seconds": 10, "lease_seconds": 3}
+FAST = FAST_SETTINGS
 SERIES, SESSIONS = "session-series", "scheduled-sessions"
 
 Row = tuple[str, str]  # (kind, id) of a bookable_now row

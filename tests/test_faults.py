@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from helpers import (
+    FAST_SETTINGS,
     feed_rows,
     held_items,
     parse_status,
@@ -32,14 +33,7 @@ from sqlalchemy import Engine, text
 from harvester.sample import FEED_NAMES, Fault, SamplePublisher
 
 PAGE_SIZE = 50
-FAST = {
-    "min_poll_seconds": 1,
-    "overload_retry_seconds": [2, 3],
-    "retry_attempts": 3,
-    "retry_max_seconds": 10,
-    "lease_seconds": 3,
-    "request_timeout_seconds": 1,
-}
+FAST = {**FAST_SETTINGS, "request_timeout_seconds": 1}
 TRUNCATED = b'{"next": "http://127.0.0.1/feeds/x", "items": [{"state": "upd'
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from helpers import (
+    FAST_SETTINGS,
     HarvesterProcess,
     held_items,
     libpq_url,
@@ -30,13 +31,7 @@ from harvester.sample import FEED_NAMES, Fault, SamplePublisher
 from harvester.sample.server import parse_position
 
 PAGE_SIZE = 50
-FAST = {
-    "min_poll_seconds": 1,
-    "overload_retry_seconds": [2, 3],
-    "retry_attempts": 3,
-    "retry_max_seconds": 10,
-    "lease_seconds": 3,
-}
+FAST = FAST_SETTINGS
 PAGE_DELAY = 0.03  # seconds each page takes to serve: harvests last a few seconds
 
 
