@@ -92,7 +92,8 @@ def decode_json(url: str, body: bytes) -> Any:
         # orjson refuses (old) or rounds to a float (3.x) integers past 64 bits; json is exact.
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidPage(f"{url}: not an RPDE page: the body is not JSON ({exc})", url=url) from exc
+        message = f"{url}: not an RPDE page: the body is not JSON ({exc})"
+        raise InvalidPage(message, url=url) from exc
 
 
 def _lost_precision(document: Any) -> bool:
@@ -108,7 +109,7 @@ def _lost_precision(document: Any) -> bool:
 
 
 def resolve_next_url(url: str, next_url: Any) -> str:
-    """`next` is used byte for byte; only a relative one is made absolute (RPDE §Response grammar)."""
+    """`next` is used byte for byte; only a relative one is made absolute (RPDE §Response)."""
     if not isinstance(next_url, str) or not next_url.strip():
         raise InvalidPage(f"{url}: not an RPDE page: no `next` URL", url=url)
     if urlsplit(next_url).scheme:

@@ -1,4 +1,4 @@
-"""All SQL the harvester runs. Every function takes a Connection: the caller owns the transaction."""
+"""All SQL the harvester runs. Functions take a Connection: the caller owns the transaction."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ resolved AS (
     ORDER BY r.ref_id, r.is_self DESC, r.parent_kind, r.parent_rpde_id
 )
 """
-JOIN_RESOLVED = "LEFT JOIN resolved AS par ON par.ref_id = {child}.parent_ref AND {child}.role = 'child'"
+JOIN_RESOLVED = (
+    "LEFT JOIN resolved AS par ON par.ref_id = {child}.parent_ref AND {child}.role = 'child'"
+)
 
 
 def window_inputs_sql(child: str) -> str:

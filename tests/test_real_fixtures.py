@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import FIXTURES
 from sqlalchemy import Engine, text
 
 from harvester import store
 from harvester.config import Settings, Source
 from harvester.fetch import Fetcher
 from harvester.pipeline import Harvester
-from conftest import FIXTURES
 
 ORIGIN = "https://publisher.test"
 SOURCE = "fixture"
