@@ -19,25 +19,26 @@ PROGRESS_LOG_SECONDS = 10.0
 
 
 def print_status(rows: Sequence[Any], out: TextIO) -> None:
-    """One line per feed: source, kind, items held, state, last page, lag, last error."""
+    """One line per feed: source, kind, items, state, last page, lag, rejected, feed, error."""
     if not rows:
         print("no feeds yet: run `harvester run --config FILE`", file=out)
         return
-    header = ("SOURCE", "KIND", "ITEMS", "STATE", "LAST PAGE", "LAG", "REJECTED", "FEED")
+    header = ("SOURCE", "KIND", "ITEMS", "STATE", "LAST PAGE", "LAG", "REJECTED", "FEED",
+              "LAST ERROR")  # fmt: skip
     lines = [header] + [status_fields(row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     for line in lines:
         cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
         print("  ".join([*cells, line[-1]]).rstrip(), file=out)
-    for row in rows:
-        if row.last_error:
-            retry = f" (next try {format_time(row.retry_at)})" if row.retry_at else ""
-            print(f"last error [{row.source} {row.url}]: {row.last_error}{retry}", file=out)
 
 
 def status_fields(row: Any) -> tuple[str, ...]:
     """The printable fields of one feed's status row."""
     state = "backfilling" if row.backfilling and row.state != "gone" else row.state
+    error = "-"
+    if row.last_error:
+        retry = f" (next try {format_time(row.retry_at)})" if row.retry_at else ""
+        error = f"{row.last_error}{retry}"
     return (
         row.source,
         row.kinds or "-",
@@ -47,6 +48,7 @@ def status_fields(row: Any) -> tuple[str, ...]:
         format_lag(row.caught_up_at, row.now),
         str(row.rejected),
         row.url,
+        " ".join(error.split()),  # one line, whatever the message held
     )
 
 

@@ -589,16 +589,16 @@ class Status:
 
 
 def parse_status(stdout: str) -> Status:
-    """Split `harvester status` output into feed lines and `last error [...]` lines."""
+    """Split `harvester status` feed lines into fields and their LAST ERROR column, by URL."""
     lines: dict[str, list[str]] = {}
     errors: dict[str, str] = {}
     for line in stdout.splitlines():
         fields = line.split()
-        if line.startswith("last error ["):
-            head, _, message = line.partition("]: ")
-            errors[head.split()[-1]] = message
-        elif fields and fields[-1].startswith("http"):
-            lines[fields[-1]] = fields
+        if len(fields) >= 9 and fields[7].startswith("http"):
+            lines[fields[7]] = fields[:8]
+            error = " ".join(fields[8:])
+            if error != "-":
+                errors[fields[7]] = error
     return Status(lines, errors)
 
 
