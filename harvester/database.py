@@ -79,7 +79,10 @@ def resolve_database(url: str | None, environ: Mapping[str, str]) -> Iterator[st
 
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine whose sessions speak UTC and say who they are."""
-    connect_args = {"application_name": "harvester", "options": "-c timezone=UTC"}
+    # synchronous_commit=off: a page and its cursor commit together, so a commit lost in a
+    # server crash rewinds both and the page is fetched again (RPDE replay is idempotent).
+    settings = "-c timezone=UTC -c synchronous_commit=off"
+    connect_args = {"application_name": "harvester", "options": settings}
     engine = create_engine(
         normalise_url(url),
         pool_pre_ping=True,

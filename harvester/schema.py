@@ -120,6 +120,12 @@ parent_refs = Table(
     Column("parent_kind", Text, nullable=False),
     Column("parent_rpde_id", Text, nullable=False),
     Column("is_self", Boolean, nullable=False),  # the ref is the parent's own @id
+    # A copy of the parent's offer, so a child's join reads only this small table.
+    Column("offer_problem", Text),
+    Column("from_months", Integer),
+    Column("from_micros", BigInteger),
+    Column("through_months", Integer),
+    Column("through_micros", BigInteger),
     PrimaryKeyConstraint("source", "ref_id", "parent_kind", "parent_rpde_id"),
     Index("ix_parent_refs_parent", "source", "parent_kind", "parent_rpde_id"),
 )

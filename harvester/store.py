@@ -65,11 +65,9 @@ CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
 RESOLVE_PARENTS = """
 resolved AS (
     SELECT DISTINCT ON (r.ref_id)
-           r.ref_id, p.kind AS parent_kind, p.rpde_id AS parent_rpde_id, p.offer_problem,
-           p.from_months, p.from_micros, p.through_months, p.through_micros
+           r.ref_id, r.parent_kind, r.parent_rpde_id, r.offer_problem,
+           r.from_months, r.from_micros, r.through_months, r.through_micros
     FROM harvester.parent_refs AS r
-    JOIN harvester.items AS p
-      ON p.source = r.source AND p.kind = r.parent_kind AND p.rpde_id = r.parent_rpde_id
     WHERE r.source = :source AND r.ref_id IN ({refs})
     ORDER BY r.ref_id, r.is_self DESC, r.parent_kind, r.parent_rpde_id
 )
@@ -173,8 +171,11 @@ RETURNING r.ref_id
 """
 
 ADD_PARENT_REFS = """
-INSERT INTO harvester.parent_refs (source, ref_id, parent_kind, parent_rpde_id, is_self)
-SELECT i.source, ref.ref_id, i.kind, i.rpde_id, ref.ref_id = i.item_id
+INSERT INTO harvester.parent_refs (
+    source, ref_id, parent_kind, parent_rpde_id, is_self,
+    offer_problem, from_months, from_micros, through_months, through_micros)
+SELECT i.source, ref.ref_id, i.kind, i.rpde_id, ref.ref_id = i.item_id,
+       i.offer_problem, i.from_months, i.from_micros, i.through_months, i.through_micros
 FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS text[])) AS k(kind, rpde_id)
 JOIN harvester.items AS i ON i.source = :source AND i.kind = k.kind AND i.rpde_id = k.rpde_id
 CROSS JOIN LATERAL unnest(i.refs) AS ref(ref_id)

@@ -41,8 +41,12 @@ FROM generate_series(0, :parents - 1) AS i
 """
 
 LOAD_PARENT_REFS = """
-INSERT INTO harvester.parent_refs (source, ref_id, parent_kind, parent_rpde_id, is_self)
-SELECT source, item_id, kind, rpde_id, true FROM harvester.items WHERE role = 'parent'
+INSERT INTO harvester.parent_refs (
+    source, ref_id, parent_kind, parent_rpde_id, is_self,
+    offer_problem, from_months, from_micros, through_months, through_micros)
+SELECT source, item_id, kind, rpde_id, true,
+       offer_problem, from_months, from_micros, through_months, through_micros
+FROM harvester.items WHERE role = 'parent'
 """
 
 # Child i: starts spread over a year either side of :at; parent i % :parents; one in ten
@@ -226,8 +230,11 @@ def test_recompute_changes_only_that_parents_children(loaded: Loaded) -> None:
     """Running the recompute after a parent's offer breaks touches its 100 children only."""
     ref = f"{HOST}/session-series/7"
     with loaded.engine.connect() as conn:
+        # What store.refresh_parents does when a parent's offer breaks: item and refs copy.
         conn.execute(text("UPDATE harvester.items SET offer_problem = 'broken'"
                           " WHERE source = :s AND rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
+        conn.execute(text("UPDATE harvester.parent_refs SET offer_problem = 'broken'"
+                          " WHERE source = :s AND parent_rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
         changed = conn.execute(text(store.RECOMPUTE_CHILDREN), {"source": SOURCE, "refs": [ref]})
         still = conn.execute(
             text("SELECT count(*) FROM harvester.items WHERE parent_ref = :r"
