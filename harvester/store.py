@@ -141,7 +141,7 @@ ON CONFLICT (source, kind, rpde_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS)}
 WHERE (EXCLUDED.modified < i.modified
        OR EXCLUDED.modified_text COLLATE "C" < i.modified_text) IS NOT TRUE
-RETURNING i.role, i.kind
+RETURNING i.role, i.kind, i.rpde_id
 """
 
 # RPDE §Deleted items: a tombstone removes the item unless what is held is newer. The keys
@@ -170,18 +170,17 @@ WHERE r.source = :source AND r.parent_kind = k.kind AND r.parent_rpde_id = k.rpd
 RETURNING r.ref_id
 """
 
+# The refs come from the page itself: no join to items, so no plan can go astray while
+# the table's statistics are still missing early in a first harvest.
 ADD_PARENT_REFS = """
 INSERT INTO harvester.parent_refs (
     source, ref_id, parent_kind, parent_rpde_id, is_self,
     offer_problem, from_months, from_micros, through_months, through_micros)
-SELECT i.source, ref.ref_id, i.kind, i.rpde_id, ref.ref_id = i.item_id,
-       i.offer_problem, i.from_months, i.from_micros, i.through_months, i.through_micros
-FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS text[])) AS k(kind, rpde_id)
-JOIN harvester.items AS i ON i.source = :source AND i.kind = k.kind AND i.rpde_id = k.rpde_id
-CROSS JOIN LATERAL unnest(i.refs) AS ref(ref_id)
-WHERE i.role = 'parent'
+SELECT :source, e.*
+FROM unnest(CAST(:refs AS text[]), CAST(:kinds AS text[]), CAST(:ids AS text[]),
+            CAST(:selves AS boolean[]), CAST(:problems AS text[]), CAST(:from_m AS integer[]),
+            CAST(:from_u AS bigint[]), CAST(:thru_m AS integer[]), CAST(:thru_u AS bigint[])) AS e
 ON CONFLICT DO NOTHING
-RETURNING ref_id
 """
 
 # A parent changed: recompute only the children naming one of its refs (rule 2).
@@ -287,15 +286,14 @@ def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row]) -> None:
     """Upsert and delete a page's items, then re-join the children of changed parents."""
     copy_to_staging(conn, rows)
     params = {"source": feed.source, "feed_id": feed.id, "generation": feed.write_generation}
-    upserted = conn.execute(text(UPSERT_ITEMS), params)
-    parents_changed = any(row.role == "parent" for row in upserted)
+    upserted = conn.execute(text(UPSERT_ITEMS), params).all()
+    written = {(row.kind, row.rpde_id) for row in upserted if row.role == "parent"}
     deleted = delete_items(conn, feed.source, [row for row in rows if row[2]])
     if feed.backfill_generation is not None:
         conn.execute(text(MARK_SEEN), params)
-    parent_keys = _deleted_parents(deleted)
-    if parents_changed:
-        parent_keys |= {(row[0], row[1]) for row in rows if row[7] == "parent"}
-    refresh_parents(conn, feed.source, parent_keys)
+    # Only versions that won the upsert replace a parent's refs (an older one was ignored).
+    new_parents = [row for row in rows if not row[2] and (row[0], row[1]) in written]
+    refresh_parents(conn, feed.source, written | _deleted_parents(deleted), new_parents)
 
 
 def delete_items(conn: Connection, source: str, tombstones: Sequence[Row]) -> list[Any]:
@@ -320,17 +318,34 @@ def copy_to_staging(conn: Connection, rows: Sequence[Row]) -> None:
             copy.write_row(row)
 
 
-def refresh_parents(conn: Connection, source: str, keys: set[tuple[str, str]]) -> None:
-    """Rebuild the refs of these parents and recompute the children of old and new refs."""
+def refresh_parents(
+    conn: Connection, source: str, keys: set[tuple[str, str]], new_parents: Sequence[Row] = ()
+) -> None:
+    """Replace the refs of these parents by those of `new_parents`; re-join affected children."""
     if not keys:
         return
-    kinds, ids = [k for k, _ in keys], [i for _, i in keys]
-    params = {"source": source, "kinds": kinds, "ids": ids}
+    params = {"source": source, "kinds": [k for k, _ in keys], "ids": [i for _, i in keys]}
     dropped = conn.execute(text(DROP_PARENT_REFS), params).scalars().all()
-    added = conn.execute(text(ADD_PARENT_REFS), params).scalars().all()
+    added = add_parent_refs(conn, source, new_parents)
     refs = sorted(set(dropped) | set(added))
     if refs:
         conn.execute(text(RECOMPUTE_CHILDREN), {"source": source, "refs": refs})
+
+
+def add_parent_refs(conn: Connection, source: str, parents: Sequence[Row]) -> list[str]:
+    """One ref per id a parent answers to, with a copy of its offer; returns the ref ids."""
+    entries = [
+        (ref, row[0], row[1], ref == row[8], *row[16:21])
+        for row in parents for ref in (row[21] or [])
+    ]  # fmt: skip
+    if not entries:
+        return []
+    columns = list(zip(*entries, strict=True))
+    names = ("refs", "kinds", "ids", "selves", "problems", "from_m", "from_u", "thru_m", "thru_u")
+    params = {name: list(values) for name, values in zip(names, columns, strict=True)}
+    params["source"] = source
+    conn.execute(text(ADD_PARENT_REFS), params)
+    return [entry[0] for entry in entries]
 
 
 def sweep_unseen(conn: Connection, feed: FeedRow) -> int:
