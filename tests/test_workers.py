@@ -266,8 +266,10 @@ def test_database_connections_killed_mid_harvest_are_reopened(
             assert worker.poll() is None  # all of it mid-harvest
             code = worker.wait(timeout=120)
             err = worker.output()[1]
+        # Killed connections are either caught mid-transaction (logged "database
+        # unavailable", page retried) or replaced by the pool's pre-ping before use; which
+        # one happens is a matter of timing, so only the outcome is asserted.
         assert terminated >= 6
-        assert "database unavailable" in err  # it noticed, and went on
         assert code == 0, err
         assert_exact(engine, db_url, publisher)
 
