@@ -35,6 +35,17 @@ NAMING = {
 metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
 TIMESTAMPTZ = TIMESTAMP(timezone=True)
 
+def offer_columns() -> list[Column[object]]:
+    """A publicAdult offer as the booking window reads it: usable or why not, and its spans."""
+    return [
+        Column("offer_problem", Text),
+        Column("from_months", Integer),
+        Column("from_micros", BigInteger),
+        Column("through_months", Integer),
+        Column("through_micros", BigInteger),
+    ]
+
+
 sources = Table(
     "sources",
     metadata,
@@ -92,11 +103,7 @@ items = Table(
     Column("checkout_url", Text),
     Column("embedded_type", Text),  # a child's embedded parent's type
     # The publicAdult offer: a parent's own, or a child's embedded parent's.
-    Column("offer_problem", Text),
-    Column("from_months", Integer),
-    Column("from_micros", BigInteger),
-    Column("through_months", Integer),
-    Column("through_micros", BigInteger),
+    *offer_columns(),
     Column("refs", ARRAY(Text)),  # a parent's @id and its individualFacilityUse @ids
     Column("parent_kind", Text),  # a child's resolved published parent
     Column("parent_rpde_id", Text),
@@ -120,12 +127,7 @@ parent_refs = Table(
     Column("parent_kind", Text, nullable=False),
     Column("parent_rpde_id", Text, nullable=False),
     Column("is_self", Boolean, nullable=False),  # the ref is the parent's own @id
-    # A copy of the parent's offer, so a child's join reads only this small table.
-    Column("offer_problem", Text),
-    Column("from_months", Integer),
-    Column("from_micros", BigInteger),
-    Column("through_months", Integer),
-    Column("through_micros", BigInteger),
+    *offer_columns(),  # a copy of the parent's, so a child's join reads only this table
     PrimaryKeyConstraint("source", "ref_id", "parent_kind", "parent_rpde_id"),
     Index("ix_parent_refs_parent", "source", "parent_kind", "parent_rpde_id"),
 )
