@@ -29,7 +29,10 @@ def to_rows(items: list[Item]) -> list[Row]:
 
 def without_nul(row: Row) -> Row:
     """PostgreSQL text cannot hold NUL: drop it from string fields rather than lose the page."""
-    if not any(isinstance(value, str) and "\x00" in value for value in row):
+    # Every string comes from the envelope or from `data`, whose JSON text had any NUL
+    # replaced (dump_json): only then is the whole row worth scanning.
+    kind, rpde_id, data = row[0], row[1], row[5]
+    if "\x00" not in kind and "\x00" not in rpde_id and (data is None or "\\ufffd" not in data):
         return row
     return tuple(value.replace("\x00", "") if isinstance(value, str) else value for value in row)
 
