@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine
 
 from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
-from harvester.fetch import Fetcher, Response, retrying
+from harvester.fetch import Fetcher, retrying
 from harvester.store import FeedRow, PageWrite
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Harvester:
                 response = self.fetcher.get(url, source.headers)
                 page = rpde.parse_page(url, response.body)
         rpde.check_origin(feed.url, page.next_url)
-        return Parsed(page, records.to_rows(page.items), _max_age(response))
+        return Parsed(page, records.to_rows(page.items), response.max_age)
 
     def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> FeedRow:
         """Commit the page and the feed's new position in one transaction."""
@@ -161,7 +161,3 @@ def wait_for(future: Future[T], stopping: Callable[[], bool]) -> T | None:
         except TimeoutError:
             continue
     return None
-
-
-def _max_age(response: Any) -> float | None:
-    return response.max_age if isinstance(response, Response) else None

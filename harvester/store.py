@@ -26,7 +26,6 @@ class FeedRow:
     state: str
     generation: int
     backfill_generation: int | None
-    checkout_prefix: str | None
     retry_at: datetime | None = None
 
     @property
@@ -415,8 +414,8 @@ ON CONFLICT (source, url) DO NOTHING
 
 SELECT_FEEDS = """
 SELECT f.id, f.source, f.url, f.next_url, f.state, f.generation, f.backfill_generation,
-       s.checkout_prefix, f.retry_at
-FROM harvester.feeds AS f JOIN harvester.sources AS s ON s.name = f.source
+       f.retry_at
+FROM harvester.feeds AS f
 """
 
 

@@ -321,6 +321,4 @@ def classify(error: FeedError, overload: tuple[float, float]) -> tuple[str, floa
         return "backing_off", random.uniform(*overload)  # RPDE: random 60-120 minutes
     if isinstance(error, RetriableFeedError):
         return "backing_off", max(error.retry_after or 0.0, 300.0 * random.uniform(0.5, 1.0))
-    if isinstance(error, FatalFeedError):
-        return "error", ERROR_RETRY_SECONDS
-    return "error", ERROR_RETRY_SECONDS
+    return "error", ERROR_RETRY_SECONDS  # fatal: an operator may mend it; tried hourly
