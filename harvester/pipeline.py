@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -26,6 +26,9 @@ from harvester.store import FeedRow, PageWrite
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# How long, per harvest, a feed of children gives way to its source's parent feeds.
+PARENT_WAIT_SECONDS = 120.0
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -34,6 +37,16 @@ class Parsed:
     page: rpde.Page
     rows: list[records.Row]
     max_age: float | None
+
+    @property
+    def holds_parents(self) -> bool:
+        """The page has a SessionSeries, FacilityUse or IndividualFacilityUse."""
+        return any(row[records.ROLE] == "parent" for row in self.rows)
+
+    @property
+    def holds_children(self) -> bool:
+        """The page has a ScheduledSession or Slot."""
+        return any(row[records.ROLE] == "child" for row in self.rows)
 
 
 @dataclass
@@ -48,6 +61,41 @@ class Progress:
     last_page_at: float = 0.0  # time.monotonic()
 
 
+class ParentsFirst:
+    """Children's pages give way while a parent feed of their source is mid-harvest.
+
+    A child written before its parent must be re-joined (rewritten) when the parent
+    arrives; written after it, it is joined once. So while a feed of this process is
+    paging through parents, the source's child feeds wait, for a bounded time. Only
+    harvests running here count: a parent feed that failed, finished or waits for a
+    worker never holds children up.
+    """
+
+    def __init__(self, patience: float = PARENT_WAIT_SECONDS) -> None:
+        self.patience = patience
+        self.busy: dict[str, set[int]] = {}
+        self.changed = threading.Condition()
+
+    def mark(self, feed: FeedRow, busy: bool) -> None:
+        """Note whether `feed` has more parent pages to come."""
+        with self.changed:
+            feeds = self.busy.setdefault(feed.source, set())
+            if busy:
+                feeds.add(feed.id)
+            else:
+                feeds.discard(feed.id)
+            self.changed.notify_all()
+
+    def wait(self, source: str, until: float, stopping: Callable[[], bool]) -> None:
+        """Block while a parent feed of `source` is busy, until the monotonic `until`."""
+        with self.changed:
+            while self.busy.get(source) and not stopping():
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.changed.wait(min(remaining, 0.2))
+
+
 @dataclass
 class Harvester:
     """What harvesting needs: the database, the HTTP client, settings, and a stop signal."""
@@ -59,6 +107,7 @@ class Harvester:
     owner: str | None = None
     stop: threading.Event | None = None
     on_page: Callable[[FeedRow, Progress], None] | None = None
+    parents_first: ParentsFirst = field(default_factory=ParentsFirst)
 
     def stopping(self) -> bool:
         """True once shutdown was asked for."""
@@ -73,7 +122,15 @@ class Harvester:
 
     def harvest(self, feed: FeedRow) -> Progress:
         """Harvest `feed` until its last page, shutdown, or an error (raised)."""
+        try:
+            return self.harvest_pages(feed)
+        finally:
+            self.parents_first.mark(feed, busy=False)
+
+    def harvest_pages(self, feed: FeedRow) -> Progress:
+        """The page loop of `harvest`: the next page is fetched while this one is written."""
         progress = Progress()
+        patience = time.monotonic() + self.parents_first.patience
         pending = run_in_background(lambda: self.fetch_parsed(feed, feed.next_url))
         while True:
             parsed = wait_for(pending, self.stopping)
@@ -83,10 +140,18 @@ class Harvester:
             if not last:
                 url = parsed.page.next_url
                 pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
+            self.give_way(feed, parsed, last, patience)
             feed = self.write(feed, parsed, last)
             self.count(feed, progress, parsed, last)
             if last or self.stopping():
                 return progress
+
+    def give_way(self, feed: FeedRow, parsed: Parsed, last: bool, until: float) -> None:
+        """Parents go first: mark a parent feed busy, or let a page of children wait."""
+        if parsed.holds_parents:
+            self.parents_first.mark(feed, busy=not last)
+        elif parsed.holds_children:
+            self.parents_first.wait(feed.source, until, self.stopping)
 
     def fetch_parsed(self, feed: FeedRow, url: str) -> Parsed:
         """Fetch (with bounded retries), check and convert one page."""

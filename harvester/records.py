@@ -18,6 +18,7 @@ STAGING_COLUMNS = (
     "through_months", "through_micros", "refs", "start_offset",
 )  # fmt: skip
 Row = tuple[Any, ...]
+ROLE = STAGING_COLUMNS.index("role")
 _EMPTY_CHILD = (None,) * 8
 _EMPTY_OFFER = (None,) * 5
 
