@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -25,6 +26,10 @@ from harvester.worker import RunReport, Worker, new_owner
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED_FEEDS, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
+# Each page allocates ~100,000 objects (JSON in, rows out) that die with it. At Python's
+# default first threshold (700) the collector runs ~150 times a page and its older
+# generations keep rescanning long-lived state: 10-15 % of a harvest's CPU.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,6 +151,7 @@ def harvest(
     progress: bool = False,
 ) -> RunReport:
     """Sync sources, then run the worker until done or stopped by a signal."""
+    gc.set_threshold(*GC_THRESHOLDS)
     if feeds is None:
         with engine.begin() as conn:
             sync_sources(conn, config)

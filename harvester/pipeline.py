@@ -108,6 +108,7 @@ class Harvester:
     stop: threading.Event | None = None
     on_page: Callable[[FeedRow, Progress], None] | None = None
     parents_first: ParentsFirst = field(default_factory=ParentsFirst)
+    parent_cache: store.ParentCache = field(default_factory=store.ParentCache)
 
     def stopping(self) -> bool:
         """True once shutdown was asked for."""
@@ -174,7 +175,8 @@ class Harvester:
         write = PageWrite(parsed.rows, page.rejected, page.url, page.next_url, last)
         with self.engine.begin() as conn:
             store.write_page(
-                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds
+                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,
+                parents=self.parent_cache,
             )
         if last and feed.backfill_generation is not None:
             return replace(feed, next_url=page.next_url, generation=feed.backfill_generation,

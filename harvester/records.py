@@ -10,17 +10,30 @@ import orjson
 from harvester import bookability
 from harvester.rpde import Item
 
-# The staging table's columns, in the order `to_row` returns them.
-STAGING_COLUMNS = (
+# The columns of a row as `to_row` returns them: the item's own facts.
+ROW_COLUMNS = (
     "kind", "rpde_id", "deleted", "modified", "modified_text", "data", "type", "role",
     "item_id", "identifier", "start_date", "end_date", "parent_ref", "problem",
     "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
     "through_months", "through_micros", "refs", "start_offset",
 )  # fmt: skip
+# A staged row: the facts, then the child's resolved parent and booking window.
+STAGING_COLUMNS = (*ROW_COLUMNS, "parent_kind", "parent_rpde_id", "bookable_from",
+                   "bookable_until")  # fmt: skip
 Row = tuple[Any, ...]
-ROLE = STAGING_COLUMNS.index("role")
+KIND, RPDE_ID, DELETED, MODIFIED, MODIFIED_TEXT = range(5)
+DATA = ROW_COLUMNS.index("data")
+ROLE = ROW_COLUMNS.index("role")
+ITEM_ID = ROW_COLUMNS.index("item_id")
+START_DATE = ROW_COLUMNS.index("start_date")
+PARENT_REF = ROW_COLUMNS.index("parent_ref")
+PROBLEM = ROW_COLUMNS.index("problem")
+EMBEDDED_TYPE = ROW_COLUMNS.index("embedded_type")
+OFFER = slice(ROW_COLUMNS.index("offer_problem"), ROW_COLUMNS.index("through_micros") + 1)
+REFS = ROW_COLUMNS.index("refs")
 _EMPTY_CHILD = (None,) * 8
 _EMPTY_OFFER = (None,) * 5
+_UNJOINED = (None,) * 4
 
 
 def to_rows(items: list[Item]) -> list[Row]:
@@ -32,7 +45,7 @@ def without_nul(row: Row) -> Row:
     """PostgreSQL text cannot hold NUL: drop it from string fields rather than lose the page."""
     # Every string comes from the envelope or from `data`, whose JSON text had any NUL
     # replaced (dump_json): only then is the whole row worth scanning.
-    kind, rpde_id, data = row[0], row[1], row[5]
+    kind, rpde_id, data = row[KIND], row[RPDE_ID], row[DATA]
     if "\x00" not in kind and "\x00" not in rpde_id and (data is None or "\\ufffd" not in data):
         return row
     return tuple(value.replace("\x00", "") if isinstance(value, str) else value for value in row)
@@ -64,6 +77,29 @@ def child_fields(item_type: str, data: dict[str, Any]) -> Row:
         child.problem, bookability.checkout_path(item_type, child.identifier),
         child.embedded_type, *offer, None, bookability.utc_offset_seconds(child.start_date),
     )  # fmt: skip
+
+
+def stage(row: Row) -> Row:
+    """The staged row of a parent or other item: no parent, no booking window."""
+    return row + _UNJOINED
+
+
+def join_child(row: Row, parent: Row | None) -> Row:
+    """The staged row of a child joined to its published parent (rules 2-5), if one is held.
+
+    `parent` is (kind, rpde_id, offer_problem, from_months, from_micros, through_months,
+    through_micros); with none, the child's embedded parent, if any, gives the offer.
+    """
+    if parent is not None:
+        offer_ok, offer = parent[2] is None, parent[2:]
+    else:
+        offer_ok, offer = row[EMBEDDED_TYPE] is not None and row[OFFER][0] is None, row[OFFER]
+    window = None
+    start = row[START_DATE]
+    if offer_ok and row[PROBLEM] is None and start is not None:
+        window = bookability.window_bounds(start, offer[1], offer[2] or 0, offer[3], offer[4] or 0)
+    parent_key = parent[:2] if parent is not None else (None, None)
+    return row + parent_key + (window or (None, None))
 
 
 def offer_fields(offer: bookability.Offer) -> Row:

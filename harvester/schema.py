@@ -52,6 +52,8 @@ sources = Table(
     Column("name", Text, primary_key=True),
     Column("checkout_prefix", Text),  # https://{checkout_base_url}/ or NULL
     Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    # Drawn anew (by triggers on parent_refs) whenever the source's parent refs change.
+    Column("parents_version", BigInteger, nullable=False, server_default="0"),
 )
 
 feeds = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,9 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
+from harvester import records
 from harvester.config import Source
 from harvester.errors import LeaseLost
-from harvester.records import STAGING_COLUMNS, Row
+from harvester.records import (
+    DELETED, ITEM_ID, KIND, OFFER, PARENT_REF, REFS, ROLE, RPDE_ID, STAGING_COLUMNS, Row,
+)
 from harvester.rpde import Rejected
 
 
@@ -46,17 +50,49 @@ class PageWrite:
 
 
 SOURCE_LOCK = 7310  # advisory lock class of page writes, keyed by the source's name hash
+PARENT_CACHE_ENTRIES = 200_000  # resolved refs kept per source (about 0.3 KB each)
 
-STAGING_DDL = """
+# The staging table's column types, in the order of records.STAGING_COLUMNS. Rows go in
+# by binary COPY: no text to format in Python, nor to parse in PostgreSQL.
+STAGING_TYPES = (
+    "text", "text", "boolean", "numeric", "text", "text", "text", "text",
+    "text", "text", "timestamptz", "timestamptz", "text", "text",
+    "text", "text", "text", "integer", "bigint",
+    "integer", "bigint", "text[]", "integer",
+    "text", "text", "timestamptz", "timestamptz",
+)  # fmt: skip
+STAGING_DDL = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
-    kind text, rpde_id text, deleted boolean, modified numeric, modified_text text,
-    data text, type text, role text, item_id text, identifier text,
-    start_date timestamptz, end_date timestamptz, parent_ref text, problem text,
-    checkout_path text, embedded_type text, offer_problem text,
-    from_months integer, from_micros bigint, through_months integer, through_micros bigint,
-    refs text[], start_offset integer
+    {", ".join(f"{n} {t}" for n, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True))}
 ) ON COMMIT DELETE ROWS
 """
+COPY_STAGING = (
+    f"COPY harvester_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+
+
+class ParentCache:
+    """Resolved parent refs per source, reused while the source's parents_version stands.
+
+    Every change to a source's refs draws a new version (triggers on parent_refs, from a
+    sequence: a rolled-back change's number never returns). A page of children reads the
+    version under its shared source lock, while no parent change can commit, so what was
+    resolved under the same version is still true.
+    """
+
+    def __init__(self, limit: int = PARENT_CACHE_ENTRIES) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.sources: dict[str, tuple[int, dict[str, Row | None]]] = {}
+
+    def entries(self, source: str, version: int) -> dict[str, Row | None]:
+        """The refs resolved under this version (a new, empty map for a new version)."""
+        with self.lock:
+            held = self.sources.get(source)
+            if held is None or held[0] != version or len(held[1]) > self.limit:
+                held = (version, {})
+                self.sources[source] = held
+            return held[1]
 
 # The parent each named ref resolves to (rule 2): same source, the ref is its @id or one
 # of its individualFacilityUse @ids; its own @id wins over an individual one, then a fixed
@@ -113,35 +149,48 @@ ITEM_COLUMNS = (
     "modified", "modified_text", "type", "role", "item_id", "identifier", "start_date",
     "end_date", "parent_ref", "problem", "checkout_path", "embedded_type", "offer_problem",
     "from_months", "from_micros", "through_months", "through_micros", "refs", "start_offset",
+    "parent_kind", "parent_rpde_id",
 )  # fmt: skip
 
+# Staged rows of one role ('child' or not) into items; a held row is replaced only by a
+# version whose `modified` is not older (RPDE §Items). Children come joined and with
+# their booking window; parents report which versions won, to replace their refs.
 UPSERT_ITEMS = f"""
-WITH {RESOLVE_PARENTS.format(refs="SELECT parent_ref FROM harvester_staging WHERE role = 'child'")},
-staged AS MATERIALIZED (
-    SELECT s.*, par.parent_kind AS resolved_kind, par.parent_rpde_id AS resolved_id,
-           {window_inputs_sql("s")}
-    FROM harvester_staging AS s
-    {JOIN_RESOLVED.format(child="s")}
-    WHERE NOT s.deleted
-)
 INSERT INTO harvester.items AS i (
     source, kind, rpde_id, feed_id, data, seen_generation, updated_at, checkout_url,
-    parent_kind, parent_rpde_id, bookable, {", ".join(ITEM_COLUMNS)})
+    bookable, {", ".join(ITEM_COLUMNS)})
 SELECT :source, s.kind, s.rpde_id, :feed_id, s.data::jsonb, :generation, now(),
        (SELECT checkout_prefix FROM harvester.sources WHERE name = :source) || s.checkout_path,
-       s.resolved_kind, s.resolved_id,
-       {window_sql("s")}, {", ".join("s." + c for c in ITEM_COLUMNS)}
-FROM staged AS s
+       CASE WHEN s.bookable_until IS NOT NULL
+            THEN tstzrange(s.bookable_from, s.bookable_until, '[)') END,
+       {", ".join("s." + c for c in ITEM_COLUMNS)}
+FROM harvester_staging AS s
+WHERE (s.role = 'child') = :children
 ON CONFLICT (source, kind, rpde_id) DO UPDATE SET
     feed_id = EXCLUDED.feed_id, data = EXCLUDED.data,
     seen_generation = EXCLUDED.seen_generation, updated_at = EXCLUDED.updated_at,
-    checkout_url = EXCLUDED.checkout_url, parent_kind = EXCLUDED.parent_kind,
-    parent_rpde_id = EXCLUDED.parent_rpde_id, bookable = EXCLUDED.bookable,
+    checkout_url = EXCLUDED.checkout_url, bookable = EXCLUDED.bookable,
     {", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS)}
 WHERE (EXCLUDED.modified < i.modified
        OR EXCLUDED.modified_text COLLATE "C" < i.modified_text) IS NOT TRUE
-RETURNING i.role, i.kind, i.rpde_id
 """
+RETURNING_PARENTS = " RETURNING i.role, i.kind, i.rpde_id"
+
+# The parent each ref resolves to (rule 2), as RESOLVE_PARENTS picks it: one index probe
+# per ref, whatever the planner guesses of the array.
+RESOLVE_REFS = """
+SELECT k.ref, p.parent_kind, p.parent_rpde_id, p.offer_problem,
+       p.from_months, p.from_micros, p.through_months, p.through_micros
+FROM unnest(CAST(:refs AS text[])) AS k(ref)
+CROSS JOIN LATERAL (
+    SELECT r.* FROM harvester.parent_refs AS r
+    WHERE r.source = :source AND r.ref_id = k.ref
+    ORDER BY r.is_self DESC, r.parent_kind, r.parent_rpde_id
+    LIMIT 1
+) AS p
+"""
+
+PARENTS_VERSION = "SELECT parents_version FROM harvester.sources WHERE name = :source"
 
 # RPDE §Deleted items: a tombstone removes the item unless what is held is newer. The keys
 # come as arrays: the planner then probes the primary key per tombstone instead of
@@ -158,7 +207,7 @@ RETURNING i.role, i.kind, i.rpde_id
 MARK_SEEN = """
 UPDATE harvester.items AS i SET seen_generation = :generation
 FROM harvester_staging AS s
-WHERE NOT s.deleted AND i.source = :source AND i.kind = s.kind AND i.rpde_id = s.rpde_id
+WHERE i.source = :source AND i.kind = s.kind AND i.rpde_id = s.rpde_id
   AND i.seen_generation < :generation
 """
 
@@ -256,14 +305,14 @@ def prepare_engine(engine: Engine) -> Engine:
 
 def write_page(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None = None,
-    lease_seconds: float = 15.0,
+    lease_seconds: float = 15.0, parents: ParentCache | None = None,
 ) -> None:
     """Apply one page and move the feed's position, atomically (the caller commits)."""
     finishing = page.caught_up and feed.backfill_generation is not None
     exclusive = finishing or may_change_parents(conn, feed.source, page.rows)
     lock_source(conn, feed.source, exclusive=exclusive)
     if page.rows:
-        apply_rows(conn, feed, page.rows)
+        apply_rows(conn, feed, page.rows, parents or ParentCache())
     record_rejected(conn, feed.id, page.page_url, page.rejected)
     if finishing:
         sweep_unseen(conn, feed)
@@ -281,22 +330,57 @@ def lock_source(conn: Connection, source: str, *, exclusive: bool) -> None:
                  {"key": SOURCE_LOCK, "source": source})  # fmt: skip
 
 
-def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row]) -> None:
-    """Upsert and delete a page's items, then re-join the children of changed parents."""
-    copy_to_staging(conn, rows)
+def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row], parents: ParentCache) -> None:
+    """Upsert and delete a page's items: parents and others first, then children joined."""
     params = {"source": feed.source, "feed_id": feed.id, "generation": feed.write_generation}
-    upserted = conn.execute(text(UPSERT_ITEMS), params).all()
-    written = {(row.kind, row.rpde_id) for row in upserted if row.role == "parent"}
-    deleted = delete_items(conn, feed.source, [row for row in rows if row[2]])
+    live = [row for row in rows if not row[DELETED]]
+    others = [records.stage(row) for row in live if row[ROLE] != "child"]
+    written = upsert_staged(conn, params, others, children=False)
+    deleted = delete_items(conn, feed.source, [row for row in rows if row[DELETED]])
+    # Only versions that won the upsert replace a parent's refs (an older one was ignored).
+    new_parents = [row for row in live if (row[KIND], row[RPDE_ID]) in written]
+    refresh_parents(conn, feed.source, written | _deleted_parents(deleted), new_parents)
+    children = [row for row in live if row[ROLE] == "child"]
+    if children:
+        resolved = resolve_parents(conn, feed.source, children, parents)
+        joined = [records.join_child(row, resolved.get(row[PARENT_REF])) for row in children]
+        upsert_staged(conn, params, joined, children=True)
     if feed.backfill_generation is not None:
         conn.execute(text(MARK_SEEN), params)
-    # Only versions that won the upsert replace a parent's refs (an older one was ignored).
-    new_parents = [row for row in rows if not row[2] and (row[0], row[1]) in written]
-    refresh_parents(conn, feed.source, written | _deleted_parents(deleted), new_parents)
+
+
+def upsert_staged(
+    conn: Connection, params: dict[str, Any], rows: Sequence[Row], *, children: bool
+) -> set[tuple[str, str]]:
+    """Stage rows of one role and upsert them; the (kind, rpde_id) of parents written."""
+    if not rows:
+        return set()
+    copy_to_staging(conn, rows)
+    if children:
+        conn.execute(text(UPSERT_ITEMS), {**params, "children": True})
+        return set()
+    upserted = conn.execute(text(UPSERT_ITEMS + RETURNING_PARENTS), {**params, "children": False})
+    return {(row.kind, row.rpde_id) for row in upserted if row.role == "parent"}
+
+
+def resolve_parents(
+    conn: Connection, source: str, children: Sequence[Row], parents: ParentCache
+) -> dict[str, Row | None]:
+    """The published parent each child's ref names (None: none held), through the cache."""
+    version = conn.execute(text(PARENTS_VERSION), {"source": source}).scalar_one()
+    known = parents.entries(source, version)
+    missing = {row[PARENT_REF] for row in children if row[PARENT_REF] not in known}
+    missing.discard(None)
+    if missing:
+        found = conn.execute(text(RESOLVE_REFS), {"source": source, "refs": sorted(missing)})
+        resolved = {row[0]: tuple(row[1:]) for row in found}
+        for ref in missing:
+            known[ref] = resolved.get(ref)
+    return known
 
 
 def delete_items(conn: Connection, source: str, tombstones: Sequence[Row]) -> list[Any]:
-    """Apply tombstones (staging rows with deleted set); returns the removed rows' keys."""
+    """Apply tombstones (rows with deleted set); returns the removed rows' keys."""
     if not tombstones:
         return []
     columns = list(zip(*(row[:5] for row in tombstones), strict=True))
@@ -306,13 +390,10 @@ def delete_items(conn: Connection, source: str, tombstones: Sequence[Row]) -> li
 
 
 def copy_to_staging(conn: Connection, rows: Sequence[Row]) -> None:
-    """COPY the page's rows into the connection's temporary table (emptied at commit)."""
-    if not rows:
-        return
+    """COPY staged rows into the connection's temporary table (emptied at commit)."""
     raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(
-        f"COPY harvester_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
-    ) as copy:
+    with raw.cursor() as cursor, cursor.copy(COPY_STAGING) as copy:
+        copy.set_types(STAGING_TYPES)
         for row in rows:
             copy.write_row(row)
 
@@ -334,8 +415,8 @@ def refresh_parents(
 def add_parent_refs(conn: Connection, source: str, parents: Sequence[Row]) -> list[str]:
     """One ref per id a parent answers to, with a copy of its offer; returns the ref ids."""
     entries = [
-        (ref, row[0], row[1], ref == row[8], *row[16:21])
-        for row in parents for ref in (row[21] or [])
+        (ref, row[KIND], row[RPDE_ID], ref == row[ITEM_ID], *row[OFFER])
+        for row in parents for ref in (row[REFS] or [])
     ]  # fmt: skip
     if not entries:
         return []
@@ -577,14 +658,14 @@ def may_change_parents(conn: Connection, source: str, rows: Sequence[Row]) -> bo
     A tombstone carries no data, and kinds are ambiguous (Legend's SessionSeries feed
     says `ScheduledSession.SessionSeries`), so what it deletes is looked up.
     """
-    if any(row[7] == "parent" for row in rows):
+    if any(row[ROLE] == "parent" for row in rows):
         return True
-    tombstones = [row for row in rows if row[2]]
+    tombstones = [row for row in rows if row[DELETED]]
     if not tombstones:
         return False
     params = {
-        "source": source, "kinds": [row[0] for row in tombstones],
-        "ids": [row[1] for row in tombstones],
+        "source": source, "kinds": [row[KIND] for row in tombstones],
+        "ids": [row[RPDE_ID] for row in tombstones],
     }  # fmt: skip
     return bool(conn.execute(text(HOLDS_PARENT), params).scalar())
 
