@@ -64,20 +64,32 @@ class Progress:
 class ParentsFirst:
     """Children's pages give way while a parent feed of their source is mid-harvest.
 
-    A child written before its parent must be re-joined (rewritten) when the parent
-    arrives; written after it, it is joined once. So while a feed of this process is
-    paging through parents, the source's child feeds wait, for a bounded time. Only
-    harvests running here count: a parent feed that failed, finished or waits for a
-    worker never holds children up.
+    A child written before its parent is written twice: held as an orphan, then re-joined
+    when the parent arrives. Written after it, once. So while a feed of this process is
+    paging through parents, the source's child feeds wait, for a bounded time. A feed
+    not yet seen to hold children is presumed to hold parents until its first page
+    says, so children also wait for a slow first page of a parent feed. Only harvests
+    running here count: a feed that failed, finished or waits for a worker holds no one.
     """
 
     def __init__(self, patience: float = PARENT_WAIT_SECONDS) -> None:
         self.patience = patience
         self.busy: dict[str, set[int]] = {}
+        self.holds_parents: dict[int, bool] = {}  # by feed id, once a page showed it
         self.changed = threading.Condition()
 
+    def start(self, feed: FeedRow) -> None:
+        """A harvest of `feed` begins: busy until its first page, unless known for children."""
+        self.mark(feed, busy=self.holds_parents.get(feed.id, True))
+
+    def saw(self, feed: FeedRow, parsed: Parsed, last: bool) -> None:
+        """A page of `feed` was parsed: it is busy while it brings parents."""
+        if parsed.rows:
+            self.holds_parents[feed.id] = parsed.holds_parents
+        self.mark(feed, busy=parsed.holds_parents and not last)
+
     def mark(self, feed: FeedRow, busy: bool) -> None:
-        """Note whether `feed` has more parent pages to come."""
+        """Note whether `feed` has (or may have) more parent pages to come."""
         with self.changed:
             feeds = self.busy.setdefault(feed.source, set())
             if busy:
@@ -132,6 +144,7 @@ class Harvester:
         """The page loop of `harvest`: the next page is fetched while this one is written."""
         progress = Progress()
         patience = time.monotonic() + self.parents_first.patience
+        self.parents_first.start(feed)
         pending = run_in_background(lambda: self.fetch_parsed(feed, feed.next_url))
         while True:
             parsed = wait_for(pending, self.stopping)
@@ -149,9 +162,8 @@ class Harvester:
 
     def give_way(self, feed: FeedRow, parsed: Parsed, last: bool, until: float) -> None:
         """Parents go first: mark a parent feed busy, or let a page of children wait."""
-        if parsed.holds_parents:
-            self.parents_first.mark(feed, busy=not last)
-        elif parsed.holds_children:
+        self.parents_first.saw(feed, parsed, last)
+        if parsed.holds_children and not parsed.holds_parents:
             self.parents_first.wait(feed.source, until, self.stopping)
 
     def fetch_parsed(self, feed: FeedRow, url: str) -> Parsed:

@@ -225,6 +225,34 @@ def test_unparseable_durations(text: Any) -> None:
     assert span is None and problem
 
 
+def test_durations_beyond_a_thousand_years_are_refused() -> None:
+    """PostgreSQL holds no date before 4713 BC: such a span is a problem, not a crash."""
+    assert bookability.parse_span("P1000Y")[1] is None
+    assert bookability.parse_span("P1001Y") == (None, "longer than 1000 years")
+    assert bookability.parse_span("PT10000000H") == (None, "longer than 1000 years")
+    offer = bookability.read_offer(window(validThroughBeforeStartDate="P5000Y"))
+    assert offer.problem == "parent validThroughBeforeStartDate is longer than 1000 years"
+
+
+@pytest.mark.parametrize(
+    ("start", "from_months", "through_months", "expected"),
+    [
+        # The lower bound would fall before year 1: no lower bound a datetime can name.
+        (datetime(5, 3, 1, tzinfo=UTC), 12 * 10, None, (None, datetime(5, 3, 1, tzinfo=UTC))),
+        # The window would close before year 1: never bookable.
+        (datetime(5, 3, 1, tzinfo=UTC), None, 12 * 10, None),
+        # Near the other end of the calendar, subtracting stays in range.
+        (datetime(9999, 12, 31, tzinfo=UTC), 1, None,
+         (datetime(9999, 11, 30, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))),
+    ],
+)  # fmt: skip
+def test_window_bounds_at_the_ends_of_the_calendar(
+    start: datetime, from_months: int | None, through_months: int | None, expected: Any
+) -> None:
+    """Windows reaching past year 1 are answered, never raised."""
+    assert bookability.window_bounds(start, from_months, 0, through_months, 0) == expected
+
+
 def test_unparseable_duration_gives_the_reason() -> None:
     """The parent's offer names the field that broke it."""
     offer = bookability.read_offer(window(validFromBeforeStartDate="one week"))

@@ -66,6 +66,7 @@ class Harness:
     base: str | None = BASE
     feeds: dict[str, FeedRow] = field(default_factory=dict)
     pages: itertools.count = field(default_factory=lambda: itertools.count(1))
+    parents: store.ParentCache | None = None  # a worker's cache; None: a fresh one per page
 
     def __post_init__(self) -> None:
         with self.engine.begin() as conn:
@@ -88,7 +89,7 @@ class Harness:
         row = self.feeds[feed]
         next_url = f"{row.url}?page={next(self.pages)}"
         page = PageWrite(records.to_rows(items), [], row.next_url, next_url, False)
-        store.write_page(conn, row, page)
+        store.write_page(conn, row, page, parents=self.parents)
         self.feeds[feed] = replace(row, next_url=next_url)
 
     def upsert(self, feed: str, rpde_id: str, data: Json, kind: str | None = None,
@@ -326,16 +327,24 @@ def instants(window: tuple[datetime | None, datetime] | None, start: datetime) -
     return points
 
 
+@pytest.mark.parametrize("order", ["parent first", "child first"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_sql_matches_the_pure_rules(engine: Engine, case: Case) -> None:
-    """For each rule, bookable_at(T) agrees with is_bookable_at at every edge, and the bounds."""
+def test_sql_matches_the_pure_rules(engine: Engine, case: Case, order: str) -> None:
+    """For each rule, bookable_at(T) agrees with is_bookable_at at every edge, and the bounds.
+
+    Parent first, the child is joined as it is written (records.join_child, in Python);
+    child first, it is re-joined when its parent arrives (harvester.booking_window, in SQL).
+    """
     harness = Harness(engine)
     parents: list[tuple[str, Json]] = []
+    kind = case.child_kind or KINDS[case.child_feed]
+    if order == "child first":
+        harness.upsert(case.child_feed, "c1", case.child, kind)
     if case.parent is not None and case.parent_feed is not None:
         harness.upsert(case.parent_feed, "p1", case.parent)
         parents.append((KINDS[case.parent_feed], case.parent))
-    kind = case.child_kind or KINDS[case.child_feed]
-    harness.upsert(case.child_feed, "c1", case.child, kind)
+    if order == "parent first":
+        harness.upsert(case.child_feed, "c1", case.child, kind)
     child_type = bookability.type_of(kind, case.child)
     child = bookability.read_child(child_type, case.child)
     start = child.start_date or START
@@ -353,6 +362,83 @@ def test_sql_matches_the_pure_rules(engine: Engine, case: Case) -> None:
             assert row.identifier == child.identifier
     # The case is bookable somewhere exactly when the pure rules give it a window.
     assert seen_bookable is (window is not None)
+
+
+# --- a worker's cache of resolved parents --------------------------------------------------------
+
+
+def test_cached_joins_follow_parent_changes_made_by_another_worker(engine: Engine) -> None:
+    """A worker keeps resolved parents in memory; a change made elsewhere is never missed."""
+    harness = Harness(engine)
+    mine, theirs = store.ParentCache(), store.ParentCache()
+
+    def write(cache: store.ParentCache, feed: str, rpde_id: str, data: Json | None) -> None:
+        harness.parents = cache
+        if data is None:
+            harness.delete(feed, rpde_id)
+        else:
+            harness.upsert(feed, rpde_id, data)
+
+    inside = at_start(timedelta(days=3))
+    write(mine, "series", "p1", series(band(validFromBeforeStartDate="P1W")))
+    write(mine, "sessions", "c1", session(1))
+    assert bookable_at(engine, inside) == {f"{HOST}/scheduled-sessions/1"}
+    write(theirs, "series", "p1", series(band(flag=False)))  # no longer bookable
+    write(mine, "sessions", "c2", session(2))  # my cache knew p1 as bookable
+    assert bookable_at(engine, inside) == set()
+    write(theirs, "series", "p1", None)
+    write(mine, "sessions", "c3", session(3, superEvent=EMBEDDED))
+    assert bookable_at(engine, inside) == {f"{HOST}/scheduled-sessions/3"}
+    write(theirs, "series", "p2", series(band(), own_id=EMBEDDED["@id"]))  # now published
+    write(mine, "sessions", "c4", session(4, superEvent=EMBEDDED))
+    assert bookable_at(engine, inside) == {f"{HOST}/scheduled-sessions/{n}" for n in (3, 4)}
+    # The published parent has no validFrom, the embedded one had P1W: no lower bound now.
+    assert bookable_at(engine, at_start(timedelta(days=30))) == {
+        f"{HOST}/scheduled-sessions/{n}" for n in (3, 4)
+    }
+
+
+def parents_version(conn: Connection | Engine, source: str = "src") -> int:
+    """The source's stored parents_version."""
+    if isinstance(conn, Engine):
+        with conn.connect() as own:
+            return parents_version(own, source)
+    return int(conn.execute(text(store.PARENTS_VERSION), {"source": source}).scalar_one())
+
+
+def test_parents_version_changes_with_every_ref_change_and_never_repeats(engine: Engine) -> None:
+    """Drawn from a sequence: a rolled-back change's version is never seen as current."""
+    harness, other = Harness(engine), Harness(engine, source="other")
+    other.upsert("series", "p1", series(band()))
+    others_version = parents_version(engine, "other")
+    start = parents_version(engine)
+    harness.upsert("sessions", "c1", session())  # children only: no change
+    assert parents_version(engine) == start
+    positions = dict(harness.feeds)
+    with engine.connect() as conn, conn.begin() as transaction:
+        harness.upsert("series", "p1", series(band()), conn=conn)
+        rolled_back = parents_version(conn)
+        transaction.rollback()
+    harness.feeds = positions  # the feed did not move either
+    assert rolled_back != start and parents_version(engine) == start
+    harness.upsert("series", "p1", series(band()))
+    after_write = parents_version(engine)
+    harness.delete("series", "p1")
+    assert len({start, rolled_back, after_write, parents_version(engine)}) == 4
+    assert parents_version(engine, "other") == others_version
+
+
+def test_parent_cache_starts_afresh_for_a_new_version_or_when_full() -> None:
+    """What was resolved under one version is never served under another; size is bounded."""
+    cache = store.ParentCache(limit=2)
+    entries = cache.entries("src", 1)
+    entries.update({"a": None, "b": None})
+    assert cache.entries("src", 1) is entries
+    assert cache.entries("other", 1) == {}
+    assert cache.entries("src", 2) == {}
+    full = cache.entries("src", 2)
+    full.update({"a": None, "b": None, "c": None})
+    assert cache.entries("src", 2) == {}
 
 
 # --- the contract's columns ----------------------------------------------------------------------

@@ -85,6 +85,15 @@ def test_encoding_is_encode_uri_component(identifier: str, encoded: str) -> None
     assert unquote(encoded) == identifier
 
 
+def test_encoding_matches_quote_for_every_ascii_character_and_beyond() -> None:
+    """The fast ASCII path (str.translate) and the UTF-8 path both equal quote(s, safe=...)."""
+    every_ascii = "".join(chr(code) for code in range(128))
+    samples = [every_ascii, every_ascii[::-1], "", "%", "%%41", every_ascii + "é", "\u2603/☃"]
+    samples += [chr(code) * 3 for code in range(128)]
+    for text_id in samples:
+        assert bookability.encode_component(text_id) == quote(text_id, safe="!~*'()"), text_id
+
+
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("item_type", ["ScheduledSession", "Slot"])
 @pytest.mark.parametrize("identifier", [case[0] for case in IDENTIFIERS])
