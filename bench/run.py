@@ -177,12 +177,30 @@ def scratch_database(server: str, name: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def settle(server: str, timeout: float = 180.0) -> None:
+    """Let the server go quiet before a timed phase: no autovacuum at work, a checkpoint done.
+
+    Otherwise the maintenance left behind by one phase (vacuuming and analysing a million
+    fresh rows) runs during the next and is charged to it.
+    """
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(server, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchone()
+            if row is None or row[0] == 0:
+                break
+            time.sleep(0.5)
+        conn.execute("CHECKPOINT")
+
+
 # --- processes -----------------------------------------------------------------------------
 
 
 @contextmanager
-def publisher_process(items: int, page_size: int) -> Iterator[str]:
-    """The sample publisher in its own process; yields its base URL."""
+def publisher_process(items: int, page_size: int) -> Iterator[tuple[str, int]]:
+    """The sample publisher in its own process; yields its base URL and pid."""
     command = [sys.executable, "-m", "harvester.sample", "--items", str(items), "--port", "0",
                "--page-size", str(page_size)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -191,7 +209,7 @@ def publisher_process(items: int, page_size: int) -> Iterator[str]:
         line = process.stdout.readline().strip()
         if not line.startswith("READY "):
             raise RuntimeError(f"the sample publisher did not start: {line!r}")
-        yield line.split(" ", 1)[1]
+        yield line.split(" ", 1)[1], process.pid
     finally:
         stop_process(process)
 
@@ -215,6 +233,8 @@ class ProcessRun:
     returncode: int
     seconds: float
     cpu_seconds: float
+    machine_cpu_seconds: float  # every process on the machine, PostgreSQL's included
+    publisher_cpu_seconds: float
     peak_rss_mb: float
     rss_samples: list[tuple[float, float]]  # (seconds since start, MB)
     stdout: str
@@ -233,11 +253,28 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def run_measured(command: Sequence[str], workdir: Path, name: str) -> ProcessRun:
-    """Run a command to its end: wall time, and its own peak RSS from wait4's rusage."""
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(
+    command: Sequence[str], workdir: Path, name: str, publisher_pid: int
+) -> ProcessRun:
+    """Run a command to its end: wall time, CPU (its own, the publisher's, the machine's)."""
     out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
     samples: list[tuple[float, float]] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        busy, publisher = machine_busy_seconds(), process_cpu_seconds(publisher_pid)
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err)
         done = threading.Event()
@@ -247,12 +284,14 @@ def run_measured(command: Sequence[str], workdir: Path, name: str) -> ProcessRun
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, no one else's
         seconds = time.perf_counter() - started
+        busy, publisher = machine_busy_seconds() - busy, process_cpu_seconds(publisher_pid) - publisher
         process.returncode = os.waitstatus_to_exitcode(status)
         done.set()
         sampler.join()
     return ProcessRun(
         returncode=process.returncode, seconds=seconds,
-        cpu_seconds=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024,
+        cpu_seconds=usage.ru_utime + usage.ru_stime, machine_cpu_seconds=busy,
+        publisher_cpu_seconds=publisher, peak_rss_mb=usage.ru_maxrss / 1024,
         rss_samples=samples, stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )  # fmt: skip
@@ -287,20 +326,22 @@ def write_config(path: Path, source: str, feed_urls: Sequence[str]) -> Path:
 # --- phases 2 and 3: baseline and harvester -----------------------------------------------
 
 
-def run_baseline(db: str, feed_urls: Sequence[str], workdir: Path) -> ProcessRun:
+def run_baseline(
+    db: str, feed_urls: Sequence[str], workdir: Path, publisher_pid: int
+) -> ProcessRun:
     """bench/baseline.py in its own process."""
     command = [sys.executable, str(BENCH_DIR / "baseline.py"), "--database-url", db, *feed_urls]
-    result = run_measured(command, workdir, "baseline")
+    result = run_measured(command, workdir, "baseline", publisher_pid)
     if result.returncode != 0:
         raise RuntimeError(f"the baseline failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
 
 
-def run_harvester_once(db: str, config: Path, workdir: Path) -> ProcessRun:
+def run_harvester_once(db: str, config: Path, workdir: Path, publisher_pid: int) -> ProcessRun:
     """``harvester run --once`` in its own process."""
     command = [*harvester_command(), "run", "--once", "--config", str(config),
                "--database-url", db, "--log-level", "WARNING"]  # fmt: skip
-    result = run_measured(command, workdir, "harvester")
+    result = run_measured(command, workdir, "harvester", publisher_pid)
     if result.returncode != 0:
         raise RuntimeError(
             f"harvester run --once failed ({result.returncode}):\n{result.stderr[-3000:]}"
@@ -623,22 +664,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="harvester-bench-")))
         server = stack.enter_context(server_url(args.database_url))
         info = machine(server)
-        base = stack.enter_context(publisher_process(args.items, args.page_size))
+        base, publisher_pid = stack.enter_context(publisher_process(args.items, args.page_size))
         feed_urls = [f"{base}/feeds/{feed}" for feed in FEEDS]
         log(f"sample publisher with {args.items:,} items at {base}")
 
         baseline = held_baseline = None
         if not args.skip_baseline:
-            db = stack.enter_context(scratch_database(server, f"bench_baseline_{pid}"))
-            log("raw baseline: running")
-            baseline = run_baseline(db, feed_urls, workdir)
-            held_baseline = count_rows(db, "SELECT count(*) FROM items")
-            log(f"raw baseline: {baseline.seconds:.1f} s")
+            with scratch_database(server, f"bench_baseline_{pid}") as db:
+                settle(server)
+                log("raw baseline: running")
+                baseline = run_baseline(db, feed_urls, workdir, publisher_pid)
+                held_baseline = count_rows(db, "SELECT count(*) FROM items")
+                log(f"raw baseline: {baseline.seconds:.1f} s")
 
         db = stack.enter_context(scratch_database(server, f"bench_harvester_{pid}"))
         config = write_config(workdir / "bench.toml", SOURCE, feed_urls)
+        settle(server)
         log("harvester run --once: running")
-        harvested = run_harvester_once(db, config, workdir)
+        harvested = run_harvester_once(db, config, workdir, publisher_pid)
         log(f"harvester run --once: {harvested.seconds:.1f} s")
         held = count_rows(db, f"SELECT count(*) FROM harvester.items WHERE source = '{SOURCE}'")
         with psycopg.connect(db, autocommit=True) as conn:
@@ -651,6 +694,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(args, info, baseline, held_baseline, harvested, held, queries, change, visible)
     log("done")
     return 0
+
+
+def cpu_split(run: ProcessRun) -> str:
+    """CPU seconds of the run: its own, the publisher's, and the rest (mostly PostgreSQL)."""
+    rest = run.machine_cpu_seconds - run.cpu_seconds - run.publisher_cpu_seconds
+    return (f"CPU {run.cpu_seconds:.1f} s own, {run.publisher_cpu_seconds:.1f} s publisher, "
+            f"{rest:.1f} s PostgreSQL and the rest ({run.machine_cpu_seconds:.1f} s in all)")
 
 
 def report(
@@ -704,11 +754,11 @@ def report(
     if baseline is not None:
         print(f"  rows held: baseline {held_baseline:,}, harvester {held:,} "
               f"(same: {held_baseline == held})")  # fmt: skip
-        print(f"  baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, "
-              f"CPU {baseline.cpu_seconds:.1f} s; {baseline.stdout.strip()}")  # fmt: skip
+        print(f"  baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, {cpu_split(baseline)}; "
+              f"{baseline.stdout.strip()}")  # fmt: skip
     else:
         print(f"  rows held by the harvester: {held:,}")
-    print(f"  harvester: CPU {harvested.cpu_seconds:.1f} s; {harvested.stdout.strip()}")
+    print(f"  harvester: {cpu_split(harvested)}; {harvested.stdout.strip()}")
     print("  harvester RSS at 25% / 50% / 75% / 100% of its run:",
           rss_profile(harvested.rss_samples))  # fmt: skip
     print(f"  parent {change.parent_id}: {change.added} children added through write_page;"
