@@ -13,13 +13,14 @@ import calendar
 import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import isodate
 
 CHILD_TYPES = ("ScheduledSession", "Slot")
 PARENT_TYPES = ("SessionSeries", "FacilityUse", "IndividualFacilityUse")
+KNOWN_TYPES = frozenset(CHILD_TYPES + PARENT_TYPES)
 BOOKABLE_FLAGS = ("imin:isPotentiallyBookable", "_imin:isPotentiallyBookable")
 # schema.org statuses that stop a booking; publishers write them with https, http or bare.
 STOPPED_STATUSES = frozenset({"EventCancelled", "EventPostponed"})
@@ -54,9 +55,8 @@ class Offer:
     valid_through: Span | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Child:
-    """The facts of one ScheduledSession or Slot."""
+class Child(NamedTuple):
+    """The facts of one ScheduledSession or Slot (a NamedTuple: one is built per child)."""
 
     type: str
     id: str | None
@@ -82,7 +82,7 @@ class Parent:
 def type_of(kind: str, data: dict[str, Any] | None) -> str:
     """The item's type: its data's @type/type, else read from its RPDE kind."""
     declared = _declared_type(data)
-    if declared in CHILD_TYPES or declared in PARENT_TYPES:
+    if declared in KNOWN_TYPES:
         return declared
     return type_from_kind(kind) or declared or kind
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -18,9 +18,12 @@ STATES = ("updated", "deleted")
 RAW_EXCERPT_CHARS = 2_000  # how much of a broken item is kept to show the operator
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One well-formed RPDE item; `modified` is split so it is never compared via a float."""
+class Item(NamedTuple):
+    """One well-formed RPDE item; `modified` is split so it is never compared via a float.
+
+    A NamedTuple, not a frozen dataclass: a million of these are made per million items,
+    and a frozen dataclass costs three times as much to build.
+    """
 
     state: str
     kind: str

@@ -609,8 +609,9 @@ def test_older_child_update_does_not_win(engine: Engine) -> None:
     harness = Harness(engine)
     harness.upsert("series", "p1", series(band(validFromBeforeStartDate="P1W")))
     newer = updated("sessions", "c1", session())
-    older = replace(updated("sessions", "c1", session(startDate="2031-01-01T10:00:00Z")),
-                    modified_number=newer.modified_number - 1)  # fmt: skip
+    older = updated("sessions", "c1", session(startDate="2031-01-01T10:00:00Z"))._replace(
+        modified_number=newer.modified_number - 1
+    )
     harness.write("sessions", [newer])
     harness.write("sessions", [older])
     assert bookable_at(engine, OPEN) == {f"{HOST}/scheduled-sessions/1"}
