@@ -284,7 +284,8 @@ def run_measured(
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, no one else's
         seconds = time.perf_counter() - started
-        busy, publisher = machine_busy_seconds() - busy, process_cpu_seconds(publisher_pid) - publisher
+        busy = machine_busy_seconds() - busy
+        publisher = process_cpu_seconds(publisher_pid) - publisher
         process.returncode = os.waitstatus_to_exitcode(status)
         done.set()
         sampler.join()

@@ -14,7 +14,16 @@ from harvester import records
 from harvester.config import Source
 from harvester.errors import LeaseLost
 from harvester.records import (
-    DELETED, ITEM_ID, KIND, OFFER, PARENT_REF, REFS, ROLE, RPDE_ID, STAGING_COLUMNS, Row,
+    DELETED,
+    ITEM_ID,
+    KIND,
+    OFFER,
+    PARENT_REF,
+    REFS,
+    ROLE,
+    RPDE_ID,
+    STAGING_COLUMNS,
+    Row,
 )
 from harvester.rpde import Rejected
 
