@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class PageWrite:
 
 
 SOURCE_LOCK = 7310  # advisory lock class of page writes, keyed by the source's name hash
-PARENT_CACHE_ENTRIES = 200_000  # resolved refs kept per source (about 0.3 KB each)
+PARENT_CACHE_ENTRIES = 150_000  # resolved refs a worker keeps, all sources (~0.3 KB each)
 
 # The staging table's column types, in the order of records.STAGING_COLUMNS. Rows go in
 # by binary COPY: no text to format in Python, nor to parse in PostgreSQL.
@@ -97,29 +98,13 @@ class ParentCache:
     def entries(self, source: str, version: int) -> dict[str, Row | None]:
         """The refs resolved under this version (a new, empty map for a new version)."""
         with self.lock:
+            if sum(len(entries) for _, entries in self.sources.values()) > self.limit:
+                self.sources.clear()  # memory stays bounded; what is needed is resolved again
             held = self.sources.get(source)
-            if held is None or held[0] != version or len(held[1]) > self.limit:
+            if held is None or held[0] != version:
                 held = (version, {})
                 self.sources[source] = held
             return held[1]
-
-# The parent each named ref resolves to (rule 2): same source, the ref is its @id or one
-# of its individualFacilityUse @ids; its own @id wins over an individual one, then a fixed
-# order. Resolved once per distinct ref, then hash-joined to the children.
-RESOLVE_PARENTS = """
-resolved AS (
-    SELECT DISTINCT ON (r.ref_id)
-           r.ref_id, r.parent_kind, r.parent_rpde_id, r.offer_problem,
-           r.from_months, r.from_micros, r.through_months, r.through_micros
-    FROM harvester.parent_refs AS r
-    WHERE r.source = :source AND r.ref_id IN ({refs})
-    ORDER BY r.ref_id, r.is_self DESC, r.parent_kind, r.parent_rpde_id
-)
-"""
-JOIN_RESOLVED = (
-    "LEFT JOIN resolved AS par ON par.ref_id = {child}.parent_ref AND {child}.role = 'child'"
-)
-
 
 def window_inputs_sql(child: str) -> str:
     """The window's inputs as plain columns: the published parent's offer, else the embedded one.
@@ -185,8 +170,10 @@ WHERE (EXCLUDED.modified < i.modified
 """
 RETURNING_PARENTS = " RETURNING i.role, i.kind, i.rpde_id"
 
-# The parent each ref resolves to (rule 2), as RESOLVE_PARENTS picks it: one index probe
-# per ref, whatever the planner guesses of the array.
+# The parent each ref resolves to (rule 2): same source, the ref is its @id or one of its
+# individualFacilityUse @ids; its own @id wins over an individual one, then a fixed order.
+# One index probe per ref, by a lateral join: no plan can turn it into a scan, even while
+# a first harvest has left the tables without statistics.
 RESOLVE_REFS = """
 SELECT k.ref, p.parent_kind, p.parent_rpde_id, p.offer_problem,
        p.from_months, p.from_micros, p.through_months, p.through_micros
@@ -241,14 +228,21 @@ ON CONFLICT DO NOTHING
 """
 
 # A parent changed: recompute only the children naming one of its refs (rule 2).
+# The children of each ref are found by one index probe per ref (a lateral join): given
+# `parent_ref = ANY(:refs)` and a table not yet analysed in a first harvest, the planner
+# scanned every child of the source for each parent page (3 s a page at 500,000 children).
 RECOMPUTE_CHILDREN = f"""
-WITH {RESOLVE_PARENTS.format(refs="SELECT unnest(CAST(:refs AS text[]))")},
+WITH resolved AS MATERIALIZED ({RESOLVE_REFS.replace("k.ref,", "k.ref AS ref_id,", 1)}),
 children AS MATERIALIZED (
     SELECT k.source, k.kind, k.rpde_id, k.start_date, k.start_offset,
            par.parent_kind, par.parent_rpde_id, {window_inputs_sql("k")}
-    FROM harvester.items AS k
-    {JOIN_RESOLVED.format(child="k")}
-    WHERE k.source = :source AND k.role = 'child' AND k.parent_ref = ANY(CAST(:refs AS text[]))
+    FROM unnest(CAST(:refs AS text[])) AS q(ref)
+    CROSS JOIN LATERAL (
+        SELECT * FROM harvester.items AS c
+        WHERE c.source = :source AND c.role = 'child' AND c.parent_ref = q.ref
+        OFFSET 0  -- kept a subquery, so it stays one probe per ref, never a join to plan
+    ) AS k
+    LEFT JOIN resolved AS par ON par.ref_id = k.parent_ref
 )
 UPDATE harvester.items AS c
 SET parent_kind = x.parent_kind, parent_rpde_id = x.parent_rpde_id, bookable = x.bookable
@@ -382,7 +376,8 @@ def resolve_parents(
     missing.discard(None)
     if missing:
         found = conn.execute(text(RESOLVE_REFS), {"source": source, "refs": sorted(missing)})
-        resolved = {row[0]: tuple(row[1:]) for row in found}
+        # Kinds repeat: one string each, not one per cached ref.
+        resolved = {row[0]: (sys.intern(row[1]), *row[2:]) for row in found}
         for ref in missing:
             known[ref] = resolved.get(ref)
     return known

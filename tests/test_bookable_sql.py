@@ -430,15 +430,15 @@ def test_parents_version_changes_with_every_ref_change_and_never_repeats(engine:
 
 def test_parent_cache_starts_afresh_for_a_new_version_or_when_full() -> None:
     """What was resolved under one version is never served under another; size is bounded."""
-    cache = store.ParentCache(limit=2)
+    cache = store.ParentCache(limit=3)
     entries = cache.entries("src", 1)
     entries.update({"a": None, "b": None})
     assert cache.entries("src", 1) is entries
     assert cache.entries("other", 1) == {}
     assert cache.entries("src", 2) == {}
-    full = cache.entries("src", 2)
-    full.update({"a": None, "b": None, "c": None})
-    assert cache.entries("src", 2) == {}
+    cache.entries("src", 2).update({"a": None, "b": None})
+    cache.entries("other", 1).update({"c": None, "d": None})  # 4 in all, over the limit
+    assert cache.entries("src", 2) == {} and cache.entries("other", 1) == {}
 
 
 # --- the contract's columns ----------------------------------------------------------------------
