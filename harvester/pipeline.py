@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
@@ -136,13 +136,11 @@ class Harvester:
     def harvest(self, feed: FeedRow) -> Progress:
         """Harvest `feed` until its last page, shutdown, or an error (raised)."""
         try:
-            # One connection for the whole harvest: no pool checkout (and its ping) per page.
-            with self.engine.connect() as conn:
-                return self.harvest_pages(conn, feed)
+            return self.harvest_pages(feed)
         finally:
             self.parents_first.mark(feed, busy=False)
 
-    def harvest_pages(self, conn: Connection, feed: FeedRow) -> Progress:
+    def harvest_pages(self, feed: FeedRow) -> Progress:
         """The page loop of `harvest`: the next page is fetched while this one is written."""
         progress = Progress()
         patience = time.monotonic() + self.parents_first.patience
@@ -157,7 +155,7 @@ class Harvester:
                 url = parsed.page.next_url
                 pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
             self.give_way(feed, parsed, last, patience)
-            feed = self.write(conn, feed, parsed, last)
+            feed = self.write(feed, parsed, last)
             self.count(feed, progress, parsed, last)
             if last or self.stopping():
                 return progress
@@ -178,7 +176,7 @@ class Harvester:
         rpde.check_origin(feed.url, page.next_url)
         return Parsed(page, records.to_rows(page.items), response.max_age)
 
-    def write(self, conn: Connection, feed: FeedRow, parsed: Parsed, last: bool) -> FeedRow:
+    def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> FeedRow:
         """Commit the page and the feed's new position in one transaction."""
         page = parsed.page
         if page.repeats_itself:
@@ -187,7 +185,7 @@ class Harvester:
                 extra={"event": "page_repeats_itself", "feed": feed.url},
             )  # fmt: skip
         write = PageWrite(parsed.rows, page.rejected, page.url, page.next_url, last)
-        with conn.begin():
+        with self.engine.begin() as conn:
             store.write_page(
                 conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,
                 parents=self.parent_cache,
