@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -38,12 +39,12 @@ class Parsed:
     rows: list[records.Row]
     max_age: float | None
 
-    @property
+    @cached_property
     def holds_parents(self) -> bool:
         """The page has a SessionSeries, FacilityUse or IndividualFacilityUse."""
         return any(row[records.ROLE] == "parent" for row in self.rows)
 
-    @property
+    @cached_property
     def holds_children(self) -> bool:
         """The page has a ScheduledSession or Slot."""
         return any(row[records.ROLE] == "child" for row in self.rows)

@@ -18,6 +18,8 @@ from harvester.records import (
     DELETED,
     ITEM_ID,
     KIND,
+    MODIFIED,
+    MODIFIED_TEXT,
     OFFER,
     PARENT_REF,
     REFS,
@@ -106,6 +108,7 @@ class ParentCache:
                 self.sources[source] = held
             return held[1]
 
+
 def window_inputs_sql(child: str) -> str:
     """The window's inputs as plain columns: the published parent's offer, else the embedded one.
 
@@ -175,7 +178,7 @@ RETURNING_PARENTS = " RETURNING i.role, i.kind, i.rpde_id"
 # One index probe per ref, by a lateral join: no plan can turn it into a scan, even while
 # a first harvest has left the tables without statistics.
 RESOLVE_REFS = """
-SELECT k.ref, p.parent_kind, p.parent_rpde_id, p.offer_problem,
+SELECT k.ref AS ref_id, p.parent_kind, p.parent_rpde_id, p.offer_problem,
        p.from_months, p.from_micros, p.through_months, p.through_micros
 FROM unnest(CAST(:refs AS text[])) AS k(ref)
 CROSS JOIN LATERAL (
@@ -232,7 +235,7 @@ ON CONFLICT DO NOTHING
 # `parent_ref = ANY(:refs)` and a table not yet analysed in a first harvest, the planner
 # scanned every child of the source for each parent page (3 s a page at 500,000 children).
 RECOMPUTE_CHILDREN = f"""
-WITH resolved AS MATERIALIZED ({RESOLVE_REFS.replace("k.ref,", "k.ref AS ref_id,", 1)}),
+WITH resolved AS MATERIALIZED ({RESOLVE_REFS}),
 children AS MATERIALIZED (
     SELECT k.source, k.kind, k.rpde_id, k.start_date, k.start_offset,
            par.parent_kind, par.parent_rpde_id, {window_inputs_sql("k")}
@@ -387,9 +390,10 @@ def delete_items(conn: Connection, source: str, tombstones: Sequence[Row]) -> li
     """Apply tombstones (rows with deleted set); returns the removed rows' keys."""
     if not tombstones:
         return []
-    columns = list(zip(*(row[:5] for row in tombstones), strict=True))
-    params = {"source": source, "kinds": list(columns[0]), "ids": list(columns[1]),
-              "modified": list(columns[3]), "modified_text": list(columns[4])}  # fmt: skip
+    params = {"source": source, "kinds": [row[KIND] for row in tombstones],
+              "ids": [row[RPDE_ID] for row in tombstones],
+              "modified": [row[MODIFIED] for row in tombstones],
+              "modified_text": [row[MODIFIED_TEXT] for row in tombstones]}  # fmt: skip
     return conn.execute(text(DELETE_ITEMS), params).all()
 
 
