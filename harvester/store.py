@@ -154,10 +154,9 @@ ITEM_COLUMNS = (
 # their booking window; parents report which versions won, to replace their refs.
 UPSERT_ITEMS = f"""
 INSERT INTO harvester.items AS i (
-    source, kind, rpde_id, feed_id, data, seen_generation, updated_at, checkout_url,
+    source, kind, rpde_id, feed_id, data, seen_generation, updated_at,
     bookable, {", ".join(ITEM_COLUMNS)})
 SELECT :source, s.kind, s.rpde_id, :feed_id, s.data::jsonb, :generation, now(),
-       (SELECT checkout_prefix FROM harvester.sources WHERE name = :source) || s.checkout_path,
        CASE WHEN s.bookable_until IS NOT NULL
             THEN tstzrange(s.bookable_from, s.bookable_until, '[)') END,
        {", ".join("s." + c for c in ITEM_COLUMNS)}
@@ -166,7 +165,7 @@ WHERE (s.role = 'child') = :children
 ON CONFLICT (source, kind, rpde_id) DO UPDATE SET
     feed_id = EXCLUDED.feed_id, data = EXCLUDED.data,
     seen_generation = EXCLUDED.seen_generation, updated_at = EXCLUDED.updated_at,
-    checkout_url = EXCLUDED.checkout_url, bookable = EXCLUDED.bookable,
+    bookable = EXCLUDED.bookable,
     {", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS)}
 WHERE (EXCLUDED.modified < i.modified
        OR EXCLUDED.modified_text COLLATE "C" < i.modified_text) IS NOT TRUE
@@ -484,16 +483,11 @@ def record_rejected(
 
 # --- sources and feeds -------------------------------------------------------------------
 
+# bookable_at builds checkout URLs from the prefix as it reads: a new one applies at once.
 UPSERT_SOURCE = """
 INSERT INTO harvester.sources (name, checkout_prefix) VALUES (:name, :prefix)
 ON CONFLICT (name) DO UPDATE SET checkout_prefix = EXCLUDED.checkout_prefix, updated_at = now()
 WHERE sources.checkout_prefix IS DISTINCT FROM EXCLUDED.checkout_prefix
-RETURNING name
-"""
-
-REBUILD_CHECKOUT_URLS = """
-UPDATE harvester.items SET checkout_url = :prefix || checkout_path
-WHERE source = :name AND role = 'child' AND checkout_url IS DISTINCT FROM :prefix || checkout_path
 """
 
 ADD_FEED = """
@@ -509,10 +503,8 @@ FROM harvester.feeds AS f
 
 
 def sync_source(conn: Connection, source: Source, prefix: str | None) -> None:
-    """Register a source and its feeds; a new checkout base rewrites its checkout URLs."""
-    changed = conn.execute(text(UPSERT_SOURCE), {"name": source.name, "prefix": prefix}).first()
-    if changed is not None:
-        conn.execute(text(REBUILD_CHECKOUT_URLS), {"name": source.name, "prefix": prefix})
+    """Register a source (and its checkout base) and its feeds."""
+    conn.execute(text(UPSERT_SOURCE), {"name": source.name, "prefix": prefix})
     for url in source.feeds:
         conn.execute(text(ADD_FEED), {"source": source.name, "url": url})
 
