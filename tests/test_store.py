@@ -7,8 +7,10 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DataError, OperationalError
 
 from harvester import records, rpde, store
 from harvester.config import Source
@@ -280,3 +282,37 @@ def test_reharvest_does_not_duplicate_rejected_items(engine: Engine) -> None:
     rows = rejected_rows(engine)
     assert len(rows) == 3
     assert [row.page_url for row in rows if row.rpde_id == "h1"] == [f"{FEED_URL}?p=2"]
+
+
+# --- the page path's statements run on psycopg: their errors are SQLAlchemy's ------------
+
+
+def test_page_statement_errors_are_sqlalchemy_errors(engine: Engine) -> None:
+    """A value the database refuses comes out as sqlalchemy DataError (a feed problem)."""
+    with engine.begin() as conn, pytest.raises(DataError) as caught:
+        store.run(conn, "SELECT CAST(:value AS integer)", {"value": "not a number"})
+    assert isinstance(caught.value.orig, psycopg.errors.InvalidTextRepresentation)
+    assert not caught.value.connection_invalidated
+    assert "[parameters:" not in str(caught.value)  # a page's arrays are not logged whole
+
+
+def test_a_lost_connection_is_invalidated_and_replaced(engine: Engine) -> None:
+    """A killed backend mid-page: OperationalError, and the pool hands out a new connection."""
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.connect() as killer:
+            killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(OperationalError) as caught:
+            store.run(conn, "SELECT 1")
+        assert caught.value.connection_invalidated
+        assert conn.invalidated
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+
+
+def test_psycopg_sql_names_parameters_and_keeps_casts() -> None:
+    """`:name` becomes `%(name)s`; `::type` casts and literal percent signs survive."""
+    sql = "SELECT :a::jsonb, CAST(:b_2 AS text[]), 'x%' LIKE :c, now()::date"
+    assert store.psycopg_sql(sql) == (
+        "SELECT %(a)s::jsonb, CAST(%(b_2)s AS text[]), 'x%%' LIKE %(c)s, now()::date"
+    )
