@@ -32,6 +32,7 @@ EMBEDDED_TYPE = ROW_COLUMNS.index("embedded_type")
 OFFER = slice(ROW_COLUMNS.index("offer_problem"), ROW_COLUMNS.index("through_micros") + 1)
 REFS = ROW_COLUMNS.index("refs")
 _EMPTY_CHILD = (None,) * 8
+_NO_DATA = (None,) * (len(ROW_COLUMNS) - 5)
 _EMPTY_OFFER = (None,) * 5
 _UNJOINED = (None,) * 4
 
@@ -53,29 +54,36 @@ def without_nul(row: Row) -> Row:
 
 def to_row(item: Item) -> Row:
     """The staging row of one item: envelope, then what bookability reads from its data."""
-    head = (item.kind, item.id, item.deleted, item.modified_number, item.modified_text)
-    if item.data is None:
-        return (*head, None, None, None, *_EMPTY_CHILD, *_EMPTY_OFFER, None, None)
-    item_type = bookability.type_of(item.kind, item.data)
-    body = (dump_json(item.data), item_type)
+    data = item.data
+    if data is None:
+        return (item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
+                *_NO_DATA)  # fmt: skip
+    item_type = bookability.type_of(item.kind, data)
     if item_type in bookability.CHILD_TYPES:
-        return (*head, *body, "child", *child_fields(item_type, item.data))
+        return child_row(item, item_type, data)
+    head = (item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
+            dump_json(data), item_type)  # fmt: skip
     if item_type in bookability.PARENT_TYPES:
-        parent = bookability.read_parent(item_type, item.data)
-        return (*head, *body, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
+        parent = bookability.read_parent(item_type, data)
+        return (*head, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
                 list(parent.refs), None)  # fmt: skip
-    return (*head, *body, "other", bookability.id_of(item.data), *_EMPTY_CHILD[1:],
-            *_EMPTY_OFFER, None, None)  # fmt: skip
+    return (*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:], *_EMPTY_OFFER, None,
+            None)  # fmt: skip
 
 
-def child_fields(item_type: str, data: dict[str, Any]) -> Row:
-    """item_id … start_offset columns of a child (the offer is its embedded parent's, if any)."""
+def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
+    """The row of a ScheduledSession or Slot (the offer is its embedded parent's, if any).
+
+    Built in one tuple display: a million children make a million of these.
+    """
     child = bookability.read_child(item_type, data)
     offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
     return (
-        child.id, child.identifier, child.start_date, child.end_date, child.parent_ref,
-        child.problem, bookability.checkout_path(item_type, child.identifier),
-        child.embedded_type, *offer, None, bookability.utc_offset_seconds(child.start_date),
+        item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
+        dump_json(data), item_type, "child", child.id, child.identifier, child.start_date,
+        child.end_date, child.parent_ref, child.problem,
+        bookability.checkout_path(item_type, child.identifier), child.embedded_type, *offer,
+        None, bookability.utc_offset_seconds(child.start_date),
     )  # fmt: skip
 
 

@@ -373,20 +373,33 @@ def lock_source(conn: Connection, source: str, *, exclusive: bool) -> None:
 def apply_rows(conn: Connection, feed: FeedRow, rows: Sequence[Row], parents: ParentCache) -> None:
     """Upsert and delete a page's items: parents and others first, then children joined."""
     params = {"source": feed.source, "feed_id": feed.id, "generation": feed.write_generation}
-    live = [row for row in rows if not row[DELETED]]
-    others = [records.stage(row) for row in live if row[ROLE] != "child"]
-    written = upsert_staged(conn, params, others, children=False)
-    deleted = delete_items(conn, feed.source, [row for row in rows if row[DELETED]])
+    tombstones, others, children = split_rows(rows)
+    written = upsert_staged(conn, params, [records.stage(row) for row in others], children=False)
+    deleted = delete_items(conn, feed.source, tombstones)
     # Only versions that won the upsert replace a parent's refs (an older one was ignored).
-    new_parents = [row for row in live if (row[KIND], row[RPDE_ID]) in written]
+    new_parents = [row for row in others if (row[KIND], row[RPDE_ID]) in written]
     refresh_parents(conn, feed.source, written | _deleted_parents(deleted), new_parents)
-    children = [row for row in live if row[ROLE] == "child"]
     if children:
         resolved = resolve_parents(conn, feed.source, children, parents)
         joined = [records.join_child(row, resolved.get(row[PARENT_REF])) for row in children]
         upsert_staged(conn, params, joined, children=True)
     if feed.backfill_generation is not None:
         run(conn, MARK_SEEN, params)
+
+
+def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[Row]]:
+    """A page's tombstones, its live parents and others, and its live children."""
+    tombstones: list[Row] = []
+    others: list[Row] = []
+    children: list[Row] = []
+    for row in rows:
+        if row[DELETED]:
+            tombstones.append(row)
+        elif row[ROLE] == "child":
+            children.append(row)
+        else:
+            others.append(row)
+    return tombstones, others, children
 
 
 def upsert_staged(
