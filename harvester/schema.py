@@ -113,12 +113,7 @@ items = Table(
     Column("bookable", TSTZRANGE),  # when this child can be booked; NULL: never
     PrimaryKeyConstraint("source", "kind", "rpde_id"),
     # bookable_at(T) reads it from T on: a window always closes by its start date.
-    Index(
-        "ix_items_start_date_bookable",
-        "start_date",
-        postgresql_include=["bookable"],
-        postgresql_where=text("bookable IS NOT NULL"),
-    ),
+    Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
 )
 

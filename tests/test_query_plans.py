@@ -24,7 +24,7 @@ PARENTS = 3_000
 SOURCE = "big"
 HOST = "https://pub.example"
 WEEK_MICROS = 7 * 86_400 * 1_000_000
-BOOKING_INDEXES = {"ix_items_start_date_bookable"}
+BOOKING_INDEXES = {"ix_items_start_date"}
 
 # Parent i: a SessionSeries; one in ten is not bookable (publicAdult flag false).
 LOAD_PARENTS = f"""
