@@ -40,14 +40,19 @@ class Parsed:
     max_age: float | None
 
     @cached_property
+    def roles(self) -> frozenset[str]:
+        """The roles of the page's items: child, parent, other (None for a tombstone)."""
+        return frozenset({row[records.ROLE] for row in self.rows})
+
+    @property
     def holds_parents(self) -> bool:
         """The page has a SessionSeries, FacilityUse or IndividualFacilityUse."""
-        return any(row[records.ROLE] == "parent" for row in self.rows)
+        return "parent" in self.roles
 
-    @cached_property
+    @property
     def holds_children(self) -> bool:
         """The page has a ScheduledSession or Slot."""
-        return any(row[records.ROLE] == "child" for row in self.rows)
+        return "child" in self.roles
 
 
 @dataclass
