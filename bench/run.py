@@ -650,6 +650,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="a PostgreSQL server (default: TEST_DATABASE_URL"
                         ", DATABASE_URL, else an embedded pgserver)")  # fmt: skip
     parser.add_argument("--skip-baseline", action="store_true", help="harvester only")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="baseline + harvester runs, one after the other (default 2); "
+                        "the ratio reported is their median")  # fmt: skip
     parser.add_argument("--page-size", type=int, default=500, help="default 500")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per query (default 50)")
     parser.add_argument("--flips", type=int, default=20, help="timed parent changes (default 20)")
@@ -669,22 +672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         feed_urls = [f"{base}/feeds/{feed}" for feed in FEEDS]
         log(f"sample publisher with {args.items:,} items at {base}")
 
-        baseline = held_baseline = None
-        if not args.skip_baseline:
-            with scratch_database(server, f"bench_baseline_{pid}") as db:
-                settle(server)
-                log("raw baseline: running")
-                baseline = run_baseline(db, feed_urls, workdir, publisher_pid)
-                held_baseline = count_rows(db, "SELECT count(*) FROM items")
-                log(f"raw baseline: {baseline.seconds:.1f} s")
-
-        db = stack.enter_context(scratch_database(server, f"bench_harvester_{pid}"))
         config = write_config(workdir / "bench.toml", SOURCE, feed_urls)
-        settle(server)
-        log("harvester run --once: running")
-        harvested = run_harvester_once(db, config, workdir, publisher_pid)
-        log(f"harvester run --once: {harvested.seconds:.1f} s")
-        held = count_rows(db, f"SELECT count(*) FROM harvester.items WHERE source = '{SOURCE}'")
+        pairs, db = run_pairs(stack, args, Phases(server, pid, feed_urls, workdir, publisher_pid,
+                                                  config))  # fmt: skip
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("ANALYZE")
         queries = measure_queries(db, args.runs)
@@ -692,9 +682,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         change = measure_parent_change(db, args.flips)
         log("visibility: running")
         visible = measure_visibility(db, args.visibility_trials, workdir)
-        report(args, info, baseline, held_baseline, harvested, held, queries, change, visible)
+        report(args, info, pairs, queries, change, visible)
     log("done")
     return 0
+
+
+@dataclass(frozen=True)
+class Phases:
+    """What every timed phase runs against: the server, the publisher, the config."""
+
+    server: str
+    pid: int
+    feed_urls: Sequence[str]
+    workdir: Path
+    publisher_pid: int
+    config: Path
+
+
+def run_pairs(stack: ExitStack, args: argparse.Namespace, on: Phases) -> tuple[list[Pair], str]:
+    """Baseline then harvester, `--pairs` times; the last harvested database is kept."""
+    pairs: list[Pair] = []
+    count = max(1, args.pairs)
+    for number in range(1, count + 1):
+        baseline, held_baseline = None, None
+        if not args.skip_baseline:
+            baseline, held_baseline = baseline_phase(on, number)
+        name = f"bench_harvester_{on.pid}" + ("" if number == count else f"_{number}")
+        with ExitStack() as scratch:
+            db = (stack if number == count else scratch).enter_context(
+                scratch_database(on.server, name)
+            )
+            harvested, held = harvester_phase(on, db, number)
+        pairs.append(Pair(baseline, held_baseline, harvested, held))
+    return pairs, db
+
+
+def harvester_phase(on: Phases, db: str, number: int) -> tuple[ProcessRun, int]:
+    """`harvester run --once` into a fresh database; the run and the rows it holds."""
+    settle(on.server)
+    log(f"harvester run --once ({number}): running")
+    harvested = run_harvester_once(db, on.config, on.workdir, on.publisher_pid)
+    log(f"harvester run --once ({number}): {harvested.seconds:.1f} s")
+    held = count_rows(db, f"SELECT count(*) FROM harvester.items WHERE source = '{SOURCE}'")
+    return harvested, held
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One baseline run and the harvester run after it, each with the rows it held."""
+
+    baseline: ProcessRun | None
+    held_baseline: int | None
+    harvested: ProcessRun
+    held: int
+
+    @property
+    def ratio(self) -> float | None:
+        """Harvester items/s over baseline items/s (the items are the same)."""
+        return None if self.baseline is None else self.baseline.seconds / self.harvested.seconds
+
+
+def baseline_phase(on: Phases, number: int) -> tuple[ProcessRun, int]:
+    """The raw baseline into a fresh database, dropped as soon as its rows are counted."""
+    with scratch_database(on.server, f"bench_baseline_{on.pid}") as db:
+        settle(on.server)
+        log(f"raw baseline ({number}): running")
+        baseline = run_baseline(db, on.feed_urls, on.workdir, on.publisher_pid)
+        held = count_rows(db, "SELECT count(*) FROM items")
+        log(f"raw baseline ({number}): {baseline.seconds:.1f} s")
+    return baseline, held
 
 
 def cpu_split(run: ProcessRun) -> str:
@@ -707,10 +763,7 @@ def cpu_split(run: ProcessRun) -> str:
 def report(
     args: argparse.Namespace,
     info: dict[str, str],
-    baseline: ProcessRun | None,
-    held_baseline: int | None,
-    harvested: ProcessRun,
-    held: int,
+    pairs: list[Pair],
     queries: list[tuple[str, Timing, int, int]],
     change: ParentChange,
     visible: Visibility,
@@ -722,25 +775,30 @@ def report(
     for key, value in info.items():
         print(f"  {key:11} {value}")
     print()
-    harvester_rate = items / harvested.seconds
     rows: list[tuple[str, str, str, str]] = []
-    if baseline is not None:
-        baseline_rate = items / baseline.seconds
-        ratio = harvester_rate / baseline_rate
-        rows.append(("raw baseline throughput", f"{baseline_rate:,.0f} items/s "
-                     f"({baseline.seconds:.1f} s)", "", ""))  # fmt: skip
-    rows.append(("harvester throughput (run --once)",
-                 f"{harvester_rate:,.0f} items/s ({harvested.seconds:.1f} s)", "", ""))  # fmt: skip
-    if baseline is not None:
+    runs = f" [median of {len(pairs)}]" if len(pairs) > 1 else ""
+    baselines = [pair.baseline for pair in pairs if pair.baseline is not None]
+    if baselines:
+        seconds = statistics.median(run.seconds for run in baselines)
+        rows.append((f"raw baseline throughput{runs}",
+                     f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
+    seconds = statistics.median(pair.harvested.seconds for pair in pairs)
+    rows.append((f"harvester throughput (run --once){runs}",
+                 f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
+    ratios = [pair.ratio for pair in pairs if pair.ratio is not None]
+    if ratios:
+        ratio = statistics.median(ratios)
+        each = f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
         status = verdict(ratio >= 1.0) + (" (aim 1.5x met)" if ratio >= 1.5 else "")
-        rows.append(("harvester / baseline", f"{ratio:.2f}x", ">= 1.0x (aim 1.5x)", status))
-    rows.append(("harvester peak RSS", f"{harvested.peak_rss_mb:.0f} MB", "<= 200 MB",
-                 verdict(harvested.peak_rss_mb <= 200)))  # fmt: skip
-    for label, timing, count, runs in queries:
+        rows.append((f"harvester / baseline{runs}", f"{ratio:.2f}x{each}", ">= 1.0x (aim 1.5x)",
+                     status))  # fmt: skip
+    peak = max(pair.harvested.peak_rss_mb for pair in pairs)
+    rows.append(("harvester peak RSS", f"{peak:.0f} MB", "<= 200 MB", verdict(peak <= 200)))
+    for label, timing, count, timed in queries:
         target, ok = "", ""
         if "LIMIT 50" in label:
             target, ok = "median <= 10 ms", two_sided(timing, 0.010)
-        rows.append((f"{label} [{count:,} rows, {runs} runs]",
+        rows.append((f"{label} [{count:,} rows, {timed} runs]",
                      f"median {ms(timing.median)}, p95 {ms(timing.p95)}", target, ok))  # fmt: skip
     rows.append((f"parent change, {change.children:,} children [{len(change.timing.samples)} runs]",
                  f"median {ms(change.timing.median)}, p95 {ms(change.timing.p95)}",
@@ -752,16 +810,10 @@ def report(
     print_table(rows)
     print()
     print("details")
-    if baseline is not None:
-        print(f"  rows held: baseline {held_baseline:,}, harvester {held:,} "
-              f"(same: {held_baseline == held})")  # fmt: skip
-        print(f"  baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, {cpu_split(baseline)}; "
-              f"{baseline.stdout.strip()}")  # fmt: skip
-    else:
-        print(f"  rows held by the harvester: {held:,}")
-    print(f"  harvester: {cpu_split(harvested)}; {harvested.stdout.strip()}")
-    print("  harvester RSS at 25% / 50% / 75% / 100% of its run:",
-          rss_profile(harvested.rss_samples))  # fmt: skip
+    for number, pair in enumerate(pairs, 1):
+        print_pair(number, pair)
+    print("  harvester RSS at 25% / 50% / 75% / 100% of its last run:",
+          rss_profile(pairs[-1].harvested.rss_samples))  # fmt: skip
     print(f"  parent {change.parent_id}: {change.added} children added through write_page;"
           f" bookable children with the flag on {change.bookable_when_on:,}, off "
           f"{change.bookable_when_off:,}")  # fmt: skip
@@ -769,6 +821,23 @@ def report(
           f"query took median {ms(visible.poll_query.median)}")  # fmt: skip
     print(f"  benchmark wall time: {time.perf_counter() - STARTED:.0f} s;"
           f" load average at the end: {load_average()}")  # fmt: skip
+
+
+def print_pair(number: int, pair: Pair) -> None:
+    """The rows held, wall times and CPU split of one baseline and harvester pair."""
+    harvested = pair.harvested
+    if pair.baseline is not None:
+        baseline = pair.baseline
+        print(f"  pair {number}: baseline {baseline.seconds:.1f} s, harvester "
+              f"{harvested.seconds:.1f} s, ratio {pair.ratio:.2f}; rows held: baseline "
+              f"{pair.held_baseline:,}, harvester {pair.held:,} "
+              f"(same: {pair.held_baseline == pair.held})")  # fmt: skip
+        print(f"    baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, {cpu_split(baseline)}; "
+              f"{baseline.stdout.strip()}")  # fmt: skip
+    else:
+        print(f"  run {number}: harvester {harvested.seconds:.1f} s, rows held {pair.held:,}")
+    print(f"    harvester: peak RSS {harvested.peak_rss_mb:.0f} MB, {cpu_split(harvested)}; "
+          f"{harvested.stdout.strip()}")  # fmt: skip
 
 
 if __name__ == "__main__":
