@@ -31,7 +31,8 @@ depends_on = None
 
 # Inlined by the planner (single SELECT, STABLE, LANGUAGE sql), so ORDER BY/LIMIT and the
 # start_date index apply: `start_date > at` is implied by the window and is the index's
-# range; the window itself is checked on the row.
+# range; the window itself is checked on the row. `checkout_url` and the join that gives
+# it are the two things this revision changes (revision 0001 read the stored column).
 BOOKABLE_AT = """
 CREATE OR REPLACE FUNCTION public.bookable_at(at timestamptz)
 RETURNS TABLE (
@@ -43,38 +44,17 @@ RETURNS TABLE (
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
   SELECT c.source, c.type, c.item_id, c.identifier, c.start_date, c.end_date,
          COALESCE(p.item_id, c.parent_ref), COALESCE(p.type, c.embedded_type),
-         lower(c.bookable), upper(c.bookable), s.checkout_prefix || c.checkout_path, c.data,
+         lower(c.bookable), upper(c.bookable), {checkout_url}, c.data,
          COALESCE(p.data,
                   c.data -> (CASE c.type WHEN 'Slot' THEN 'facilityUse' ELSE 'superEvent' END))
-  FROM harvester.items AS c
-  LEFT JOIN harvester.sources AS s ON s.name = c.source
+  FROM harvester.items AS c{sources}
   LEFT JOIN harvester.items AS p
     ON p.source = c.source AND p.kind = c.parent_kind AND p.rpde_id = c.parent_rpde_id
   WHERE c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
 $$
 """
-
-# Revision 0001's body, for the downgrade.
-BOOKABLE_AT_0001 = """
-CREATE OR REPLACE FUNCTION public.bookable_at(at timestamptz)
-RETURNS TABLE (
-    source text, kind text, id text, identifier text,
-    start_date timestamptz, end_date timestamptz,
-    parent_id text, parent_kind text,
-    bookable_from timestamptz, bookable_until timestamptz,
-    checkout_url text, data jsonb, parent_data jsonb)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT c.source, c.type, c.item_id, c.identifier, c.start_date, c.end_date,
-         COALESCE(p.item_id, c.parent_ref), COALESCE(p.type, c.embedded_type),
-         lower(c.bookable), upper(c.bookable), c.checkout_url, c.data,
-         COALESCE(p.data,
-                  c.data -> (CASE c.type WHEN 'Slot' THEN 'facilityUse' ELSE 'superEvent' END))
-  FROM harvester.items AS c
-  LEFT JOIN harvester.items AS p
-    ON p.source = c.source AND p.kind = c.parent_kind AND p.rpde_id = c.parent_rpde_id
-  WHERE c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
-$$
-"""
+BUILT_URL = "s.checkout_prefix || c.checkout_path"
+JOIN_SOURCES = "\n  LEFT JOIN harvester.sources AS s ON s.name = c.source"
 
 # What revision 0004's workers left in checkout_url, for the downgrade to read again.
 REBUILD_CHECKOUT_URLS = """
@@ -87,12 +67,12 @@ WHERE s.name = i.source AND i.role = 'child'
 
 def upgrade() -> None:
     op.execute("DROP INDEX harvester.ix_items_bookable")
-    op.execute(BOOKABLE_AT)
+    op.execute(BOOKABLE_AT.format(checkout_url=BUILT_URL, sources=JOIN_SOURCES))
 
 
 def downgrade() -> None:
     op.execute(REBUILD_CHECKOUT_URLS)
-    op.execute(BOOKABLE_AT_0001)
+    op.execute(BOOKABLE_AT.format(checkout_url="c.checkout_url", sources=""))
     op.execute(
         "CREATE INDEX ix_items_bookable ON harvester.items USING gist (bookable)"
         " WHERE bookable IS NOT NULL"
