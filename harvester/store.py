@@ -349,8 +349,13 @@ def write_page(
 ) -> None:
     """Apply one page and move the feed's position, atomically (the caller commits)."""
     finishing = page.caught_up and feed.backfill_generation is not None
-    exclusive = finishing or may_change_parents(conn, feed.source, page.rows)
+    exclusive = finishing or any(row[ROLE] == "parent" for row in page.rows)
     lock_source(conn, feed.source, exclusive=exclusive)
+    # Asked under the shared lock, while no parent can appear or go: a parent page that
+    # commits just before it would otherwise be deleted under a shared lock, beside child
+    # pages still joining to it. PostgreSQL breaks the deadlock of two pages upgrading.
+    if not exclusive and deletes_a_parent(conn, feed.source, page.rows):
+        lock_source(conn, feed.source, exclusive=True)
     if page.rows:
         apply_rows(conn, feed, page.rows, parents or ParentCache())
     record_rejected(conn, feed.id, page.page_url, page.rejected)
@@ -703,14 +708,12 @@ def count_bookable_now(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM bookable_now")).scalar_one())
 
 
-def may_change_parents(conn: Connection, source: str, rows: Sequence[Row]) -> bool:
-    """The page holds a parent, or a tombstone of an item held as a parent.
+def deletes_a_parent(conn: Connection, source: str, rows: Sequence[Row]) -> bool:
+    """The page holds a tombstone of an item held as a parent.
 
     A tombstone carries no data, and kinds are ambiguous (Legend's SessionSeries feed
     says `ScheduledSession.SessionSeries`), so what it deletes is looked up.
     """
-    if any(row[ROLE] == "parent" for row in rows):
-        return True
     tombstones = [row for row in rows if row[DELETED]]
     if not tombstones:
         return False

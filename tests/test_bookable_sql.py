@@ -11,6 +11,8 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -396,6 +398,54 @@ def test_cached_joins_follow_parent_changes_made_by_another_worker(engine: Engin
     assert bookable_at(engine, at_start(timedelta(days=30))) == {
         f"{HOST}/scheduled-sessions/{n}" for n in (3, 4)
     }
+
+
+def test_a_parent_tombstone_racing_the_parents_insert_takes_the_exclusive_lock(
+    engine: Engine,
+) -> None:
+    """A page deleting a parent another page is inserting right then still runs alone.
+
+    Whether a tombstone deletes a parent is asked under the page's lock: asked before it,
+    the parent was not yet visible, and the delete then ran under a shared lock beside
+    child pages still joining to it.
+    """
+    harness = Harness(engine)
+    advisory = ("SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid()")  # fmt: skip
+    held: list[str] = []
+    with engine.begin() as inserting:
+        harness.upsert("series", "p1", series(band()), conn=inserting)  # holds the lock
+
+        def delete_it() -> None:
+            with engine.begin() as deleting:
+                harness.delete("sessions", "p1", kind=KINDS["series"], conn=deleting)
+                held.extend(mode for mode, granted in deleting.execute(text(advisory)) if granted)
+
+        deleter = threading.Thread(target=delete_it)
+        deleter.start()
+        assert wait_until(lambda: advisory_waiters(engine) == 1, 10)
+    deleter.join(10)
+    assert not deleter.is_alive()
+    assert "ExclusiveLock" in held
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM harvester.items")).scalar_one() == 0
+
+
+def advisory_waiters(engine: Engine) -> int:
+    """Sessions waiting for an advisory lock."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM pg_locks"
+                                     " WHERE locktype = 'advisory' AND NOT granted")).scalar_one())
+
+
+def wait_until(condition: Any, timeout: float) -> bool:
+    """Poll until the condition holds (True) or the timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def parents_version(conn: Connection | Engine, source: str = "src") -> int:
