@@ -40,7 +40,7 @@ class Parsed:
     max_age: float | None
 
     @cached_property
-    def roles(self) -> frozenset[str]:
+    def roles(self) -> frozenset[str | None]:
         """The roles of the page's items: child, parent, other (None for a tombstone)."""
         return frozenset({row[records.ROLE] for row in self.rows})
 
