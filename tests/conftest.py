@@ -26,7 +26,7 @@ for _name in list(os.environ):
     if _name.startswith("HARVESTER_"):
         del os.environ[_name]
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real-rpde"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real-rpde"  # copies, with provenance
 TEMPLATE = f"harvester_template_{os.getpid()}"
 
 
