@@ -448,7 +448,7 @@ def write_items(engine: Engine, feed: FeedRow, items: list[dict[str, Any]]) -> f
     body = orjson.dumps({"next": feed.next_url, "items": items})
     started = time.perf_counter()
     page = rpde.parse_page(feed.next_url, body)
-    rows = records.to_rows(page.items)
+    rows, _ = records.to_rows(page.items)
     write = PageWrite(rows, page.rejected, page.url, page.next_url, caught_up=True)
     with engine.begin() as conn:
         store.write_page(conn, feed, write)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
-from harvester import __version__, bookability, database, metrics, report, store
+from harvester import __version__, bookability, database, metrics, redact, report, store
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, DatabaseError, HarvesterError
 from harvester.fetch import Fetcher
@@ -40,13 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, os.environ))
     except ConfigError as exc:
-        print(f"harvester: config error: {exc}", file=sys.stderr)
+        print(f"harvester: config error: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseError as exc:
-        print(f"harvester: database error: {exc}", file=sys.stderr)
+        print(f"harvester: database error: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_DATABASE
     except HarvesterError as exc:
-        print(f"harvester: {exc}", file=sys.stderr)
+        print(f"harvester: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_FAILED_FEEDS
 
 
@@ -175,7 +175,9 @@ def finish_run(
 ) -> int:
     """Print the summary; non-zero when any feed failed (with --once)."""
     print(f"harvester: {outcome.pages} pages, {outcome.items} items written", file=out)
-    for feed, reason in sorted(outcome.failures.items()):
+    for raw_feed, raw_reason in sorted(outcome.failures.items()):
+        # A failure's text may quote a header value (an API key): scrubbed before it is shown.
+        feed, reason = redact.scrub(raw_feed), redact.scrub(raw_reason)
         if json_logs:  # stderr stays one JSON object per line
             logger.error("FAILED %s: %s", feed, reason,
                          extra={"event": "run_failed", "feed": feed, "reason": reason})  # fmt: skip
@@ -213,8 +215,10 @@ def read_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     if not path:
         raise ConfigError("no feeds config: give --config PATH or set HARVESTER_CONFIG")
     config = load_config(path, environ)
+    # Before anything can log or store a text that quotes a header value (an API key).
+    redact.register_secrets(config.secrets())
     for warning in config.warnings:
-        logger.warning("%s", warning, extra={"event": "config_unknown_key"})
+        logger.warning("%s", warning, extra={"event": "config_warning"})
     return config
 
 

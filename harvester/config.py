@@ -14,6 +14,14 @@ from harvester.errors import ConfigError
 
 SOURCE_KEYS = frozenset({"name", "feeds", "checkout_base_url", "headers"})
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: one or more tchar
+# Trimmed from header values: what a secrets file or a CRLF .env leaves around a key.
+HEADER_WHITESPACE = " \t\r\n"
+# Visible ASCII, space and tab: httpx encodes values as ASCII and CR/LF/NUL are never allowed.
+HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+LINE_BREAKS_AND_NUL = {
+    "\0": "a NUL character", "\r": "a line break (CR)", "\n": "a line break (LF)",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,16 @@ class Settings:
     overload_retry_seconds: tuple[float, float] = (3600.0, 7200.0)  # RPDE: 503 → 60-120 min
     retry_attempts: int = 6
     retry_max_seconds: float = 600.0
-    request_timeout_seconds: float = 30.0
-    max_page_bytes: int = 64 * 1024 * 1024
+    request_timeout_seconds: float = 30.0  # connect, and each read: a silent publisher
+    request_deadline_seconds: float = 120.0  # a whole request, body included: a trickling one
+    # Decoded bytes. Each feed in flight holds a page being written and one being parsed
+    # (about 8x the page at its peak): 4 workers at the cap stay under 300 MB (README).
+    max_page_bytes: int = 8 * 1024 * 1024
     workers: int = 4  # feeds harvested at once by one process
     max_connections_per_host: int = 4
     lease_seconds: float = 15.0  # a dead worker's feeds are taken over after this
+    # /healthz fails when no feed has committed a page (a last-page poll counts) for this long.
+    unhealthy_after_seconds: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,12 @@ class Config:
     sources: tuple[Source, ...]
     settings: Settings = field(default_factory=Settings)
     path: str = "<config>"
-    warnings: tuple[str, ...] = ()  # keys not understood (typos?), for the caller to log
+    # For the caller to log: keys not understood (typos?), whitespace trimmed from headers.
+    warnings: tuple[str, ...] = ()
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured header value: any of them may be an API key."""
+        return tuple(value for source in self.sources for value in source.headers.values())
 
 
 def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
@@ -72,8 +90,9 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
     sources = _require(document, "sources", list, path, "sources")
     if not sources:
         raise ConfigError(f"{path}: sources: at least one [[sources]] table is needed")
+    header_warnings: list[str] = []
     parsed = tuple(
-        parse_source(raw, environ, path, f"sources[{index}]")
+        parse_source(raw, environ, path, f"sources[{index}]", header_warnings)
         for index, raw in enumerate(sources)
     )
     _check_unique_names(parsed, path)
@@ -83,11 +102,16 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
         for index, raw in enumerate(sources) if isinstance(raw, dict)
         for name in raw if name not in SOURCE_KEYS
     )  # fmt: skip
-    return Config(sources=parsed, settings=settings, path=path, warnings=warnings)
+    return Config(
+        sources=parsed, settings=settings, path=path, warnings=warnings + tuple(header_warnings)
+    )
 
 
-def parse_source(raw: Any, environ: Mapping[str, str], path: str, key: str) -> Source:
-    """Validate one [[sources]] table."""
+def parse_source(
+    raw: Any, environ: Mapping[str, str], path: str, key: str,
+    warnings: list[str] | None = None,
+) -> Source:  # fmt: skip
+    """Validate one [[sources]] table; what was fixed up is appended to `warnings`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {key}: expected a table, got {type(raw).__name__}")
     name = _require(raw, "name", str, path, f"{key}.name").strip()
@@ -102,7 +126,10 @@ def parse_source(raw: Any, environ: Mapping[str, str], path: str, key: str) -> S
     base = raw.get("checkout_base_url")
     if base is not None:
         base = _check_checkout_base(base, path, f"{key}.checkout_base_url")
-    headers = _parse_headers(raw.get("headers", {}), environ, path, f"{key}.headers")
+    headers = _parse_headers(
+        raw.get("headers", {}), environ, path, f"{key}.headers",
+        warnings if warnings is not None else [],
+    )  # fmt: skip
     return Source(name=name, feeds=urls, checkout_base_url=base, headers=headers)
 
 
@@ -134,16 +161,48 @@ def expand_env(value: str, environ: Mapping[str, str], path: str, key: str) -> s
 
 
 def _parse_headers(
-    raw: Any, environ: Mapping[str, str], path: str, key: str
+    raw: Any, environ: Mapping[str, str], path: str, key: str, warnings: list[str]
 ) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {key}: expected a table of header names to values")
     headers = {}
     for name, value in raw.items():
+        if not HEADER_NAME.fullmatch(name):
+            shown = name if name.isprintable() else repr(name)  # the error stays one line
+            raise ConfigError(
+                f"{path}: {key}.{shown}: not a valid header name"
+                " (letters, digits and !#$%&'*+-.^_`|~ only; no spaces)"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{path}: {key}.{name}: expected a string")
-        headers[name] = expand_env(value, environ, path, f"{key}.{name}")
+        expanded = expand_env(value, environ, path, f"{key}.{name}")
+        headers[name] = _check_header_value(expanded, path, f"{key}.{name}", warnings)
     return headers
+
+
+def _check_header_value(value: str, path: str, key: str, warnings: list[str]) -> str:
+    # Messages name the header and the fault, never the value: it is usually an API key.
+    trimmed = value.rstrip(HEADER_WHITESPACE)
+    if trimmed != value:
+        warnings.append(f"{path}: {key}: trailing whitespace (a newline?) removed from the value")
+    stripped = trimmed.lstrip(HEADER_WHITESPACE)
+    if stripped != trimmed:
+        warnings.append(f"{path}: {key}: leading whitespace removed from the value")
+    if not HEADER_VALUE.fullmatch(stripped):
+        raise ConfigError(f"{path}: {key}: {_describe_bad_character(stripped)}")
+    return stripped
+
+
+def _describe_bad_character(value: str) -> str:
+    # The first character no header may carry; named by its kind, never shown with the value.
+    position, char = next((i, c) for i, c in enumerate(value) if not HEADER_VALUE.fullmatch(c))
+    if char in LINE_BREAKS_AND_NUL:
+        fault = LINE_BREAKS_AND_NUL[char]
+    elif ord(char) < 0x20 or ord(char) == 0x7F:
+        fault = f"a control character (U+{ord(char):04X})"
+    else:  # a printable character may be part of the secret: not shown
+        fault = "a non-ASCII character (header values must be ASCII)"
+    return f"the value holds {fault} at character {position + 1}; it cannot be sent"
 
 
 def _check_feed_url(value: Any, path: str, key: str) -> str:

@@ -19,6 +19,16 @@ from harvester.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 7_310_413_001  # advisory lock key: one migrator at a time
+CONNECT_TIMEOUT_SECONDS = 10
+# Every statement of a harvester session has a deadline, so nothing waits forever on a lock
+# another process holds, a runaway query, or a transaction left open by a stalled client.
+SESSION_TIMEOUTS = {
+    "lock_timeout": "30s",
+    "statement_timeout": "300s",  # the longest is a backfill's sweep of a large feed
+    "idle_in_transaction_session_timeout": "60s",
+}
+# A migration may rebuild an index of millions of rows, and waits its turn behind another.
+MIGRATION_TIMEOUTS = {"statement_timeout": "0", "lock_timeout": "10min"}
 
 
 def normalise_url(url: str) -> str:
@@ -81,11 +91,16 @@ def make_engine(url: str, **options: Any) -> Engine:
     """An engine whose sessions speak UTC and say who they are."""
     # synchronous_commit=off: a page and its cursor commit together, so a commit lost in a
     # server crash rewinds both and the page is fetched again (RPDE replay is idempotent).
-    settings = "-c timezone=UTC -c synchronous_commit=off"
-    connect_args = {"application_name": "harvester", "options": settings}
+    settings = {"timezone": "UTC", "synchronous_commit": "off", **SESSION_TIMEOUTS}
+    connect_args = {
+        "application_name": "harvester",
+        "options": " ".join(f"-c {name}={value}" for name, value in settings.items()),
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    }
     engine = create_engine(
         normalise_url(url),
         pool_pre_ping=True,
+        hide_parameters=True,  # parameters hold feed data: never in an error message or log
         pool_size=options.pop("pool_size", 8),
         max_overflow=options.pop("max_overflow", 8),
         connect_args=connect_args,
@@ -108,6 +123,9 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(migrations_path()))
     try:
         with engine.begin() as connection:
+            for name, value in MIGRATION_TIMEOUTS.items():
+                connection.execute(text("SELECT set_config(:name, :value, true)"),
+                                   {"name": name, "value": value})  # fmt: skip
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

@@ -3,6 +3,7 @@
     HarvesterError
     ├── ConfigError              bad configuration: fatal, exit code 2
     ├── DatabaseError            the database cannot be reached or set up
+    ├── InternalError            a bug of ours (say, SQL the server refuses): fail loudly
     ├── LeaseLost                another worker moved the feed on: drop the page
     └── FeedError                one feed's trouble (never stops the other feeds)
         ├── RetriableFeedError   transport errors, 5xx, 429: try again later
@@ -14,6 +15,22 @@
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+# What a database error means for the harvester, by SQLSTATE class (PostgreSQL manual,
+# appendix A), decided here and nowhere else.
+DatabaseFault = Literal["passing", "data", "bug"]
+# The data was refused: a cardinality violation (21), a data exception (22), an integrity
+# violation (23), a program limit such as an index row too big (54). The feed's problem.
+DATA_CLASSES = frozenset({"21", "22", "23", "54"})
+# The server or the connection is away or busy: connection (08), a transaction rolled back
+# (40: serialization, deadlock), resources (53), operator intervention (57: shutdown,
+# statement timeout), system (58), internal (XX), authorization (28), database (3D).
+PASSING_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX", "28", "3D"})
+# Passing states of otherwise non-passing classes: lock_timeout, an object in use, the
+# session ended by idle_in_transaction_session_timeout.
+PASSING_STATES = frozenset({"55P03", "55006", "25P03"})
 
 
 class HarvesterError(Exception):
@@ -29,6 +46,10 @@ class ConfigError(HarvesterError):
 
 class DatabaseError(HarvesterError):
     """The database cannot be reached or prepared."""
+
+
+class InternalError(HarvesterError):
+    """The harvester itself is wrong (a statement the server refuses as invalid, say)."""
 
 
 class LeaseLost(HarvesterError):
@@ -69,3 +90,28 @@ class InvalidPage(FatalFeedError):
 
 class ForeignNextUrl(FatalFeedError):
     """The page's `next` points outside the feed's own origin."""
+
+
+def database_fault(error: BaseException) -> DatabaseFault:
+    """Classify a database error (SQLAlchemy's or psycopg's) by its SQLSTATE.
+
+    Without a SQLSTATE the driver decided: the connection failed (passing), or a value
+    could not be sent (data). Anything not known to be passing or the data's fault is
+    taken for a bug of ours.
+    """
+    if getattr(error, "connection_invalidated", False):
+        return "passing"
+    original = getattr(error, "orig", None) or error
+    sqlstate = getattr(original, "sqlstate", None)
+    if not sqlstate:
+        return _client_side_fault({cls.__name__ for cls in type(original).__mro__})
+    if sqlstate in PASSING_STATES or sqlstate[:2] in PASSING_CLASSES:
+        return "passing"
+    return "data" if sqlstate[:2] in DATA_CLASSES else "bug"
+
+
+def _client_side_fault(class_names: set[str]) -> DatabaseFault:
+    # By the DB-API's class names, which psycopg and SQLAlchemy share.
+    if class_names & {"OperationalError", "InterfaceError", "TimeoutError", "DisconnectionError"}:
+        return "passing"
+    return "data" if "DataError" in class_names else "bug"

@@ -1,7 +1,8 @@
 """Logging set-up: readable lines for people, or one JSON object per line for machines.
 
 Every record carries a stable `event` name (in `extra`), so logs can be filtered and
-counted without parsing the human message.
+counted without parsing the human message. Registered secrets (harvester.redact) are
+scrubbed from everything written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from harvester import redact
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -33,16 +36,46 @@ class JsonFormatter(logging.Formatter):
         entry |= {k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        # Scrubbed field by field, before encoding: JSON escapes would hide a secret holding
+        # `"` or `\\` from a scrub of the encoded line, and a scrub there could break the JSON.
+        return orjson.dumps(scrub_value(entry)).decode()
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Another formatter's text with every registered secret replaced."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The inner formatter's text (message, exception, stack), scrubbed."""
+        return redact.scrub(self.inner.format(record))
+
+
+def scrub_value(value: Any) -> Any:
+    """A JSON-ready copy of `value` with every string (keys too) scrubbed."""
+    if isinstance(value, str):
+        return redact.scrub(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {redact.scrub(str(key)): scrub_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_value(item) for item in value]
+    # Anything else in the JSON form orjson would give it (dates ISO, dataclasses as
+    # objects, the rest as str), so the strings inside are scrubbed too.
+    return scrub_value(orjson.loads(orjson.dumps(value, default=str)))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once, to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter())  # scrubs each field itself
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler.setFormatter(ScrubbingFormatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

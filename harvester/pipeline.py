@@ -18,10 +18,13 @@ from functools import cached_property
 from typing import TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
+from harvester.errors import database_fault
 from harvester.fetch import Fetcher, retrying
+from harvester.rpde import Rejected
 from harvester.store import FeedRow, PageWrite
 
 logger = logging.getLogger(__name__)
@@ -33,11 +36,26 @@ PARENT_WAIT_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class Parsed:
-    """A fetched page, checked and turned into rows, ready to write."""
+    """A fetched page, checked and turned into rows, ready to write.
 
-    page: rpde.Page
+    The parsed items are not kept: their rows hold what is written, in a third of the
+    memory, and a page waits here while the one before it is written.
+    """
+
+    url: str
+    next_url: str
+    is_last: bool  # RPDE's last page
+    repeats_itself: bool  # items, and `next` names the page itself
     rows: list[records.Row]
+    rejected: list[rpde.Rejected]
     max_age: float | None
+
+    @classmethod
+    def of(cls, page: rpde.Page, max_age: float | None) -> Parsed:
+        """Turn a checked page into rows; items that cannot be stored join the rejected."""
+        rows, unstorable = records.to_rows(page.items)
+        return cls(page.url, page.next_url, page.is_last, page.repeats_itself, rows,
+                   [*page.rejected, *unstorable], max_age)  # fmt: skip
 
     @cached_property
     def roles(self) -> frozenset[str | None]:
@@ -156,12 +174,12 @@ class Harvester:
             parsed = wait_for(pending, self.stopping)
             if parsed is None:
                 return progress
-            last = parsed.page.is_last or parsed.page.repeats_itself
+            last = parsed.is_last or parsed.repeats_itself
             if not last:
-                url = parsed.page.next_url
+                url = parsed.next_url
                 pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
             self.give_way(feed, parsed, last, patience)
-            feed = self.write(feed, parsed, last)
+            feed, parsed = self.write(feed, parsed, last)
             self.count(feed, progress, parsed, last)
             if last or self.stopping():
                 return progress
@@ -180,44 +198,60 @@ class Harvester:
                 response = self.fetcher.get(url, source.headers)
                 page = rpde.parse_page(url, response.body)
         rpde.check_origin(feed.url, page.next_url)
-        return Parsed(page, records.to_rows(page.items), response.max_age)
+        return Parsed.of(page, response.max_age)
 
-    def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> FeedRow:
-        """Commit the page and the feed's new position in one transaction."""
-        page = parsed.page
-        if page.repeats_itself:
+    def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> tuple[FeedRow, Parsed]:
+        """Commit the page and the feed's new position in one transaction.
+
+        A page the database refuses for its data is written again item by item, the
+        refused items set aside: one bad item never costs its page. Returns the moved
+        feed and the page as written (with those items among its rejected).
+        """
+        if parsed.repeats_itself:
             logger.warning(
-                "%s: page with items names itself as next; treated as the last page", page.url,
+                "%s: page with items names itself as next; treated as the last page", parsed.url,
                 extra={"event": "page_repeats_itself", "feed": feed.url},
             )  # fmt: skip
-        write = PageWrite(parsed.rows, page.rejected, page.url, page.next_url, last)
-        with self.engine.begin() as conn:
-            store.write_page(
-                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,
-                parents=self.parent_cache,
-            )
+        write = PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url, last)
+        try:
+            self.commit_page(feed, write, one_by_one=False)
+        except DBAPIError as exc:
+            if database_fault(exc) != "data":
+                raise
+            logger.warning(
+                "%s: the database refused the page (%s); writing it item by item", parsed.url,
+                type(exc.orig or exc).__name__, extra={"event": "page_refused", "feed": feed.url},
+            )  # fmt: skip
+            refused = self.commit_page(feed, write, one_by_one=True)
+            parsed = replace(parsed, rejected=[*parsed.rejected, *refused])
         if last and feed.backfill_generation is not None:
-            return replace(feed, next_url=page.next_url, generation=feed.backfill_generation,
-                           backfill_generation=None)  # fmt: skip
-        return replace(feed, next_url=page.next_url)
+            feed = replace(feed, generation=feed.backfill_generation, backfill_generation=None)
+        return replace(feed, next_url=parsed.next_url), parsed
+
+    def commit_page(self, feed: FeedRow, write: PageWrite, *, one_by_one: bool) -> list[Rejected]:
+        """One transaction: the page's rows and the feed's position; the rows refused."""
+        with self.engine.begin() as conn:
+            return store.write_page(
+                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,
+                parents=self.parent_cache, one_by_one=one_by_one,
+            )  # fmt: skip
 
     def count(self, feed: FeedRow, progress: Progress, parsed: Parsed, last: bool) -> None:
         """Update the progress and log the page."""
-        page = parsed.page
         progress.pages += 1
         progress.items += len(parsed.rows)
-        progress.rejected += len(page.rejected)
+        progress.rejected += len(parsed.rejected)
         progress.caught_up = last
         progress.max_age = parsed.max_age
         progress.last_page_at = time.monotonic()
-        metrics.record_page(feed.source, feed.url, len(parsed.rows), len(page.rejected), last)
-        for rejected in page.rejected:
+        metrics.record_page(feed.source, feed.url, len(parsed.rows), len(parsed.rejected), last)
+        for rejected in parsed.rejected:
             logger.warning(
-                "%s: item %s set aside: %s", page.url, rejected.id or f"#{rejected.position}",
+                "%s: item %s set aside: %s", parsed.url, rejected.id or f"#{rejected.position}",
                 rejected.reason, extra={"event": "item_rejected", "feed": feed.url},
             )  # fmt: skip
         logger.debug(
-            "%s: %d items", page.url, len(parsed.rows),
+            "%s: %d items", parsed.url, len(parsed.rows),
             extra={"event": "page_stored", "feed": feed.url, "items": len(parsed.rows)},
         )  # fmt: skip
         if self.on_page is not None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from harvester import bookability
-from harvester.rpde import Item
+from harvester import bookability, rpde
+from harvester.rpde import Item, Rejected
 
 # The columns of a row as `to_row` returns them: the item's own facts.
 ROW_COLUMNS = (
@@ -35,21 +35,30 @@ _EMPTY_CHILD = (None,) * 8
 _NO_DATA = (None,) * (len(ROW_COLUMNS) - 5)
 _EMPTY_OFFER = (None,) * 5
 _UNJOINED = (None,) * 4
+# Refs are indexed: a parent named by a longer one cannot be joined to (rpde.MAX_ID_BYTES).
+PARENT_REF_TOO_LONG = f"parent reference longer than {rpde.MAX_ID_BYTES} bytes"
 
 
-def to_rows(items: list[Item]) -> list[Row]:
-    """One staging row per item, tombstones included."""
-    return [without_nul(to_row(item)) for item in items]
+def to_rows(items: list[Item]) -> tuple[list[Row], list[Rejected]]:
+    """One staging row per item, tombstones included; an item that cannot be stored is
+    set aside with the reason instead of costing its page."""
+    try:
+        return [to_row(item) for item in items], []
+    except (RecursionError, ValueError, TypeError, UnicodeError):
+        return to_rows_one_by_one(items)
 
 
-def without_nul(row: Row) -> Row:
-    """PostgreSQL text cannot hold NUL: drop it from string fields rather than lose the page."""
-    # Every string comes from the envelope or from `data`, whose JSON text had any NUL
-    # replaced (dump_json): only then is the whole row worth scanning.
-    kind, rpde_id, data = row[KIND], row[RPDE_ID], row[DATA]
-    if "\x00" not in kind and "\x00" not in rpde_id and (data is None or "\\ufffd" not in data):
-        return row
-    return tuple(value.replace("\x00", "") if isinstance(value, str) else value for value in row)
+def to_rows_one_by_one(items: list[Item]) -> tuple[list[Row], list[Rejected]]:
+    """`to_rows` when some item failed: each item on its own, the failures set aside."""
+    rows: list[Row] = []
+    rejected: list[Rejected] = []
+    for position, item in enumerate(items):
+        try:
+            rows.append(to_row(item))
+        except (RecursionError, ValueError, TypeError, UnicodeError) as exc:
+            reason = f"cannot be stored: {type(exc).__name__}: {exc}"
+            rejected.append(rpde.reject(position, item._asdict(), reason, item.id, item.kind))
+    return rows, rejected
 
 
 def to_row(item: Item) -> Row:
@@ -65,8 +74,9 @@ def to_row(item: Item) -> Row:
             dump_json(data), item_type)  # fmt: skip
     if item_type in bookability.PARENT_TYPES:
         parent = bookability.read_parent(item_type, data)
+        refs = [ref for ref in parent.refs if not rpde.too_long(ref, rpde.MAX_ID_BYTES)]
         return (*head, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
-                list(parent.refs), None)  # fmt: skip
+                refs, None)  # fmt: skip
     return (*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:], *_EMPTY_OFFER, None,
             None)  # fmt: skip
 
@@ -77,6 +87,8 @@ def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
     Built in one tuple display: a million children make a million of these.
     """
     child = bookability.read_child(item_type, data)
+    if child.parent_ref is not None and rpde.too_long(child.parent_ref, rpde.MAX_ID_BYTES):
+        child = child._replace(parent_ref=None, problem=child.problem or PARENT_REF_TOO_LONG)
     offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
     return (
         item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
@@ -123,11 +135,8 @@ def offer_fields(offer: bookability.Offer) -> Row:
 
 
 def dump_json(data: dict[str, Any]) -> str:
-    """JSON text for jsonb; PostgreSQL refuses the NUL character, so it is replaced."""
+    """JSON text for jsonb (its strings were made storable by rpde.repair_item)."""
     try:
-        text = orjson.dumps(data).decode()
+        return orjson.dumps(data).decode()
     except TypeError:
-        text = json.dumps(data)  # integers beyond 64 bits
-    if "\\u0000" in text:
-        text = text.replace("\\u0000", "\\ufffd")
-    return text
+        return json.dumps(data)  # integers beyond 64 bits; nesting beyond orjson's 255 levels

@@ -6,6 +6,8 @@ Section names refer to Realtime Paged Data Exchange 1.0 (W3C community group fin
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -16,6 +18,16 @@ from harvester.errors import ForeignNextUrl, InvalidPage
 
 STATES = ("updated", "deleted")
 RAW_EXCERPT_CHARS = 2_000  # how much of a broken item is kept to show the operator
+# An item's key is indexed (with the source's name: PostgreSQL's btree entries stop at
+# 2,704 bytes), so longer ids and kinds are set aside rather than fail the page.
+MAX_ID_BYTES = 1_000
+MAX_KIND_BYTES = 200
+MAX_MODIFIED_DIGITS = 100  # change numbers and .NET ticks have 20; more is not a `modified`
+MAX_INT_DIGITS = 4_300  # Python's own limit on int <-> text conversions
+NUL_ESCAPE = b"\\u0000"
+UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+MODIFIED_BOUND = 10**MAX_MODIFIED_DIGITS
+INTEGER_TEXT = re.compile("-?[0-9]+")  # ASCII digits: int() would also read other scripts'
 
 
 class Item(NamedTuple):
@@ -69,34 +81,65 @@ class Page:
         return self.next_url == self.url and not self.is_last
 
 
-def parse_page(url: str, body: bytes) -> Page:
+def parse_page(url: str, body: bytes | bytearray) -> Page:
     """Check an RPDE response body fetched from `url`; raise InvalidPage naming the URL."""
-    document = decode_json(url, body)
+    document, needs_repair = decode_json(url, body)
     if not isinstance(document, dict):
         raise InvalidPage(f"{url}: not an RPDE page: the body is not a JSON object", url=url)
     items = document.get("items")
     if not isinstance(items, list):
         raise InvalidPage(f"{url}: not an RPDE page: no `items` list", url=url)
     next_url = resolve_next_url(url, document.get("next"))
+    if needs_repair:
+        items = [repair_item(raw) for raw in items]
     parsed, rejected = parse_items(items)
     return Page(url=url, next_url=next_url, items=latest_per_key(parsed), rejected=rejected)
 
 
-def decode_json(url: str, body: bytes) -> Any:
-    """Decode JSON exactly: integers beyond 64 bits fall back to the stdlib parser."""
+def decode_json(url: str, body: bytes | bytearray) -> tuple[Any, bool]:
+    """Decode JSON exactly; True when its strings or numbers need `repair_item`."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        pass
+        pass  # a lone surrogate, a number out of range, a BOM, bad UTF-8... or not JSON
     else:
         if not _lost_precision(document):
-            return document
+            # PostgreSQL text holds no NUL: the one thing orjson reads that must be repaired.
+            return document, NUL_ESCAPE in body
+    return decode_tolerantly(url, body), True
+
+
+def decode_tolerantly(url: str, body: bytes | bytearray) -> Any:
+    """The stdlib parser, which reads what orjson refuses; what cannot be held is marked."""
+    text = bytes(body).decode("utf-8", errors="replace").removeprefix("\ufeff")
     try:
-        # orjson refuses (old) or rounds to a float (3.x) integers past 64 bits; json is exact.
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                          parse_constant=lambda _name: None)  # fmt: skip
+    except RecursionError as exc:
+        raise InvalidPage(f"{url}: not an RPDE page: JSON nested too deeply", url=url) from exc
+    except ValueError as exc:
         message = f"{url}: not an RPDE page: the body is not JSON ({exc})"
         raise InvalidPage(message, url=url) from exc
+
+
+class _OutOfRange:
+    """Marks a number the database cannot hold: its item is set aside, not the page."""
+
+    def __repr__(self) -> str:
+        return "<number out of range>"
+
+
+OUT_OF_RANGE = _OutOfRange()
+
+
+def _parse_int(digits: str) -> int | _OutOfRange:
+    # Python refuses to convert more than 4,300 digits (a denial-of-service guard).
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else OUT_OF_RANGE
+
+
+def _parse_float(text: str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None  # jsonb has no Infinity: as orjson does
 
 
 def _lost_precision(document: Any) -> bool:
@@ -109,6 +152,45 @@ def _lost_precision(document: Any) -> bool:
         and (isinstance(item.get("modified"), float) or isinstance(item.get("id"), float))
         for item in items
     )
+
+
+def repair_item(raw: Any) -> Any:
+    """The item with text PostgreSQL can hold (NUL, lone surrogates → U+FFFD), or Unusable."""
+    try:
+        return _repair(raw)
+    except RecursionError:
+        return Unusable(raw, "nested too deeply to be stored")
+    except _CannotRepair as exc:
+        return Unusable(raw, str(exc))
+
+
+class _CannotRepair(Exception):
+    """Raised inside `_repair` for a value no repair can make storable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A raw item `repair_item` could not make storable, and why."""
+
+    raw: Any
+    reason: str
+
+
+def _repair(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(key): _repair(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_repair(item) for item in value]
+    if value is OUT_OF_RANGE:
+        raise _CannotRepair(f"holds an integer of more than {MAX_INT_DIGITS:,} digits")
+    return value
+
+
+def clean_text(text: str) -> str:
+    """Text PostgreSQL accepts: NUL and lone surrogates become U+FFFD."""
+    return UNSTORABLE_CHARACTERS.sub("\ufffd", text)
 
 
 def resolve_next_url(url: str, next_url: Any) -> str:
@@ -152,22 +234,42 @@ def parse_items(raw_items: list[Any]) -> tuple[list[Item], list[Rejected]]:
 
 def parse_item(position: int, raw: Any) -> Item | Rejected:
     """Check one item's envelope (RPDE §Item grammar); a broken one becomes a Rejected."""
+    if isinstance(raw, Unusable):
+        return reject(position, raw.raw, raw.reason, *_key_of(raw.raw))
     if not isinstance(raw, dict):
-        return _reject(position, raw, "the item is not a JSON object")
+        return reject(position, raw, "the item is not a JSON object")
     rpde_id = normalise_id(raw.get("id"))
     data = raw.get("data")
     kind = _kind_of(raw.get("kind"), data)
     state = raw.get("state")
+    problem = envelope_problem(rpde_id, kind, state, data)
+    if problem is None:
+        number, text, problem = split_modified(raw.get("modified"))
+        if problem is None:
+            return Item(state, kind, rpde_id, number, text, data if state == "updated" else None)
+    return reject(position, raw, problem, rpde_id, kind)
+
+
+def envelope_problem(rpde_id: str | None, kind: str | None, state: Any, data: Any) -> str | None:
+    """Why an item's id, kind, state or data cannot be held; None when they can."""
     if rpde_id is None:
-        return _reject(position, raw, "no usable `id` (a string or an integer is required)")
+        return "no usable `id` (a string or an integer is required)"
     if state not in STATES:
-        return _reject(position, raw, f"unknown `state` {state!r}", rpde_id, kind)
+        return f"unknown `state` {str(state)[:40]!r}"
     if kind is None:
-        return _reject(position, raw, "no `kind`", rpde_id)
+        return "no `kind`"
+    if too_long(rpde_id, MAX_ID_BYTES):
+        return f"`id` is longer than {MAX_ID_BYTES} bytes"
+    if too_long(kind, MAX_KIND_BYTES):
+        return f"`kind` is longer than {MAX_KIND_BYTES} bytes"
     if state == "updated" and not isinstance(data, dict):
-        return _reject(position, raw, "`data` is not a JSON object", rpde_id, kind)
-    number, text = split_modified(raw.get("modified"))
-    return Item(state, kind, rpde_id, number, text, data if state == "updated" else None)
+        return "`data` is not a JSON object"
+    return None
+
+
+def too_long(text: str, limit: int) -> bool:
+    # UTF-8 takes at most 4 bytes a character: most texts are cleared without encoding.
+    return len(text) * 4 > limit and len(text.encode()) > limit
 
 
 def normalise_id(value: Any) -> str | None:
@@ -181,18 +283,24 @@ def normalise_id(value: Any) -> str | None:
     return None
 
 
-def split_modified(value: Any) -> tuple[int | None, str | None]:
-    """JSON integers and digit strings compare as integers, anything else as text."""
+def split_modified(value: Any) -> tuple[int | None, str | None, str | None]:
+    """JSON integers and digit strings compare as integers, anything else as text.
+
+    The third value is why `modified` cannot be held (a number too long to be one).
+    """
     if isinstance(value, bool) or value is None:
-        return None, None
+        return None, None, None
+    too_long = f"`modified` has more than {MAX_MODIFIED_DIGITS} digits"
     if isinstance(value, int):
-        return value, None
+        return (value, None, None) if -MODIFIED_BOUND < value < MODIFIED_BOUND else (None, None, too_long)
     if isinstance(value, str):
         stripped = value.strip()
-        if stripped.lstrip("-").isdigit() and stripped.isascii():
-            return int(stripped), None
-        return None, value
-    return None, repr(value)
+        if not INTEGER_TEXT.fullmatch(stripped):
+            return None, value, None  # "--5", an ISO date...: compared as text
+        if len(stripped.lstrip("-")) > MAX_MODIFIED_DIGITS:
+            return None, None, too_long
+        return int(stripped), None, None
+    return None, repr(value)[:RAW_EXCERPT_CHARS], None
 
 
 def latest_per_key(items: list[Item]) -> list[Item]:
@@ -217,11 +325,34 @@ def _kind_of(kind: Any, data: Any) -> str | None:
     return None
 
 
-def _reject(
+def reject(
     position: int, raw: Any, reason: str, rpde_id: str | None = None, kind: str | None = None
 ) -> Rejected:
-    try:
-        excerpt = orjson.dumps(raw).decode()[:RAW_EXCERPT_CHARS]
-    except TypeError:
-        excerpt = repr(raw)[:RAW_EXCERPT_CHARS]
-    return Rejected(position, kind, rpde_id, reason, excerpt)
+    """A Rejected for the item at `position`, with an excerpt of what was sent."""
+    # The rejected item's key is indexed too: one too long is shown only in the excerpt.
+    if rpde_id is not None and too_long(rpde_id, MAX_ID_BYTES):
+        rpde_id = None
+    if kind is not None and too_long(kind, MAX_KIND_BYTES):
+        kind = None
+    return Rejected(position, kind, rpde_id, reason, excerpt_of(raw))
+
+
+def excerpt_of(raw: Any) -> str:
+    """The start of an item as JSON (else its repr), in text PostgreSQL can hold."""
+    renderers = (lambda: orjson.dumps(raw, default=repr).decode(), lambda: repr(raw))
+    for render in renderers:
+        try:  # orjson stops at 255 levels and at lone surrogates; repr at the stack's depth
+            return clean_text(render()[:RAW_EXCERPT_CHARS])
+        except (TypeError, RecursionError):
+            continue
+    return "<nested too deeply to show>"
+
+
+def _key_of(raw: Any) -> tuple[str | None, str | None]:
+    """(id, kind) of a raw item, as far as they can be read and held."""
+    if not isinstance(raw, dict):
+        return None, None
+    kind = raw.get("kind")
+    rpde_id = normalise_id(raw.get("id"))
+    return (clean_text(rpde_id) if rpde_id else None,
+            clean_text(kind) if isinstance(kind, str) and kind else None)  # fmt: skip

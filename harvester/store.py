@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import sys
 import threading
@@ -17,8 +18,9 @@ from sqlalchemy.exc import DBAPIError
 
 from harvester import records
 from harvester.config import Source
-from harvester.errors import LeaseLost
+from harvester.errors import LeaseLost, database_fault
 from harvester.records import (
+    DATA,
     DELETED,
     ITEM_ID,
     KIND,
@@ -32,7 +34,7 @@ from harvester.records import (
     STAGING_COLUMNS,
     Row,
 )
-from harvester.rpde import Rejected
+from harvester.rpde import RAW_EXCERPT_CHARS, Rejected
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
     {", ".join(f"{n} {t}" for n, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True))}
 ) ON COMMIT DELETE ROWS
 """
+CLEAR_STAGING = "DELETE FROM harvester_staging"
 COPY_STAGING = (
     f"COPY harvester_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
@@ -274,6 +277,9 @@ WHERE feed_id = :feed_id AND seen_generation < :generation
 RETURNING role, kind, rpde_id
 """
 
+# The page commits only if the feed is as its worker read it: the same position, the same
+# generation and backfill (a backfill started since, or finished by another worker, must
+# not be undone by a stale page), and, for a worker with an owner, its own lease.
 ADVANCE_FEED = """
 UPDATE harvester.feeds
 SET next_url = :next_url, pages = pages + 1, items_written = items_written + :count,
@@ -282,12 +288,13 @@ SET next_url = :next_url, pages = pages + 1, items_written = items_written + :co
                  THEN 'backfilling' ELSE :state END,
     caught_up_at = CASE WHEN :caught_up THEN now() ELSE caught_up_at END,
     last_error = CASE WHEN :caught_up OR :count > 0 THEN NULL ELSE last_error END,
-    generation = :generation,
+    generation = CASE WHEN :finish_backfill THEN backfill_generation ELSE generation END,
     backfill_generation = CASE WHEN :finish_backfill THEN NULL ELSE backfill_generation END,
     lease_until = CASE WHEN lease_owner IS NULL THEN NULL
                        ELSE now() + make_interval(secs => :lease_seconds) END
-WHERE id = :feed_id AND next_url = :expected_url
-  AND (lease_owner IS NULL OR lease_owner = :owner)
+WHERE id = :feed_id AND next_url = :expected_url AND generation = :read_generation
+  AND backfill_generation IS NOT DISTINCT FROM CAST(:read_backfill AS integer)
+  AND (CAST(:owner AS text) IS NULL OR lease_owner = :owner)
 """
 
 RECORD_REJECTED = """
@@ -345,9 +352,14 @@ def wrap_error(conn: Connection, sql: str, exc: psycopg.Error) -> BaseException:
 
 def write_page(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None = None,
-    lease_seconds: float = 15.0, parents: ParentCache | None = None,
-) -> None:
-    """Apply one page and move the feed's position, atomically (the caller commits)."""
+    lease_seconds: float = 15.0, parents: ParentCache | None = None, one_by_one: bool = False,
+) -> list[Rejected]:
+    """Apply one page and move the feed's position, atomically (the caller commits).
+
+    With `one_by_one` (for a page the database refused as a whole), each row is applied
+    under its own savepoint, and a row refused for its data is set aside with the
+    database's reason; the rows set aside so are returned.
+    """
     finishing = page.caught_up and feed.backfill_generation is not None
     exclusive = finishing or any(row[ROLE] == "parent" for row in page.rows)
     lock_source(conn, feed.source, exclusive=exclusive)
@@ -356,12 +368,41 @@ def write_page(
     # pages still joining to it. PostgreSQL breaks the deadlock of two pages upgrading.
     if not exclusive and deletes_a_parent(conn, feed.source, page.rows):
         lock_source(conn, feed.source, exclusive=True)
-    if page.rows:
+    refused: list[Rejected] = []
+    if page.rows and one_by_one:
+        refused = apply_rows_one_by_one(conn, feed, page.rows, parents or ParentCache())
+    elif page.rows:
         apply_rows(conn, feed, page.rows, parents or ParentCache())
-    record_rejected(conn, feed.id, page.page_url, page.rejected)
+    record_rejected(conn, feed.id, page.page_url, [*page.rejected, *refused])
     if finishing:
         sweep_unseen(conn, feed)
     advance_feed(conn, feed, page, owner=owner, finishing=finishing, lease_seconds=lease_seconds)
+    return refused
+
+
+def apply_rows_one_by_one(
+    conn: Connection, feed: FeedRow, rows: Sequence[Row], parents: ParentCache
+) -> list[Rejected]:
+    """`apply_rows` a row at a time, each under a savepoint; the rows refused for their data."""
+    refused: list[Rejected] = []
+    for position, row in enumerate(rows):
+        try:
+            with conn.begin_nested():
+                run(conn, CLEAR_STAGING)  # rows of the savepoints before are written already
+                apply_rows(conn, feed, [row], parents)
+        except DBAPIError as exc:
+            if database_fault(exc) != "data":
+                raise
+            refused.append(refused_row(position, row, exc))
+    return refused
+
+
+def refused_row(position: int, row: Row, error: DBAPIError) -> Rejected:
+    """A row the database refused, as a rejected item with the database's own reason."""
+    reason = str(error.orig or error).strip().splitlines()[0]
+    excerpt = (row[DATA] or "")[:RAW_EXCERPT_CHARS]
+    return Rejected(position, row[KIND], row[RPDE_ID], f"refused by the database: {reason}",
+                    excerpt)  # fmt: skip
 
 
 def lock_source(conn: Connection, source: str, *, exclusive: bool) -> None:
@@ -508,14 +549,17 @@ def advance_feed(
         conn, ADVANCE_FEED,
         {
             "feed_id": feed.id, "next_url": page.next_url, "expected_url": feed.next_url,
+            "read_generation": feed.generation, "read_backfill": feed.backfill_generation,
             "count": len(page.rows), "caught_up": page.caught_up,
             "state": "caught_up" if page.caught_up else "harvesting",
-            "generation": feed.write_generation if finishing else feed.generation,
             "finish_backfill": finishing, "owner": owner, "lease_seconds": lease_seconds,
         },
     )  # fmt: skip
     if result.rowcount != 1:
-        raise LeaseLost(f"feed {feed.id} ({feed.url}) was moved on by another worker")
+        raise LeaseLost(
+            f"feed {feed.id} ({feed.url}) was moved on, backfilled or taken over since this "
+            "page was read: the page is dropped and the feed read again"
+        )
 
 
 def record_rejected(
@@ -530,7 +574,7 @@ def record_rejected(
             {
                 "feed_id": feed_id, "item_key": _rejected_key(page_url, r), "page_url": page_url,
                 "position": r.position, "kind": r.kind, "rpde_id": r.id, "reason": r.reason,
-                "raw": r.raw.replace("\x00", ""),
+                "raw": r.raw,
             }
             for r in rejected
         ],
@@ -580,17 +624,30 @@ def load_feed(conn: Connection, feed_id: int) -> FeedRow:
     return FeedRow(*conn.execute(text(SELECT_FEEDS + " WHERE f.id = :id"), {"id": feed_id}).one())
 
 
+# A feed row locked by another worker's page is skipped, never waited for: the scheduling
+# loop must not stall behind another process (it tries again later).
+CLAIM_FEED = """
+UPDATE harvester.feeds AS f
+SET lease_owner = :owner, lease_until = now() + make_interval(secs => :seconds)
+FROM (SELECT id FROM harvester.feeds
+      WHERE id = :id AND (lease_owner IS NULL OR lease_owner = :owner OR lease_until < now())
+      FOR UPDATE SKIP LOCKED) AS free
+WHERE f.id = free.id
+"""
+
+# A row this worker's own page is committing is skipped too: that commit renews it.
+RENEW_LEASES = """
+UPDATE harvester.feeds AS f
+SET lease_until = now() + make_interval(secs => :seconds)
+FROM (SELECT id FROM harvester.feeds WHERE id = ANY(:ids) AND lease_owner = :owner
+      FOR UPDATE SKIP LOCKED) AS mine
+WHERE f.id = mine.id
+"""
+
+
 def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float) -> bool:
     """Take or renew the feed's lease; False while another live worker holds it."""
-    result = conn.execute(
-        text(
-            "UPDATE harvester.feeds SET lease_owner = :owner,"
-            " lease_until = now() + make_interval(secs => :seconds)"
-            " WHERE id = :id AND (lease_owner IS NULL OR lease_owner = :owner"
-            " OR lease_until < now())"
-        ),
-        {"id": feed_id, "owner": owner, "seconds": lease_seconds},
-    )
+    result = conn.execute(text(CLAIM_FEED), {"id": feed_id, "owner": owner, "seconds": lease_seconds})
     return result.rowcount == 1
 
 
@@ -613,13 +670,7 @@ def caught_up_since(conn: Connection, feed_id: int, since: datetime) -> bool:
 
 def renew_leases(conn: Connection, feed_ids: list[int], owner: str, lease_seconds: float) -> None:
     """Extend this worker's leases on the feeds it is harvesting."""
-    conn.execute(
-        text(
-            "UPDATE harvester.feeds SET lease_until = now() + make_interval(secs => :seconds)"
-            " WHERE id = ANY(:ids) AND lease_owner = :owner"
-        ),
-        {"ids": feed_ids, "owner": owner, "seconds": lease_seconds},
-    )
+    conn.execute(text(RENEW_LEASES), {"ids": feed_ids, "owner": owner, "seconds": lease_seconds})
 
 
 def release_feed(conn: Connection, feed_id: int, owner: str) -> None:
@@ -646,20 +697,23 @@ def record_feed_error(
     )
 
 
+# A new backfill also clears the lease: a worker holding a page of the old pass must not
+# commit it (ADVANCE_FEED compares generations too). A backfill under way is left as it is.
+START_BACKFILL = """
+UPDATE harvester.feeds
+SET next_url = url, state = 'backfilling', backfill_generation = generation + 1,
+    retry_at = NULL, last_error = NULL, lease_owner = NULL, lease_until = NULL
+WHERE id = :id AND backfill_generation IS NULL
+"""
+
+
 def start_backfill(conn: Connection, feed_id: int) -> FeedRow:
     """Send the feed back to its first page; rows not seen again are swept at its end.
 
     A backfill already under way (say its process died) is resumed where it stopped,
     not restarted: one backfill per feed at a time.
     """
-    conn.execute(
-        text(
-            "UPDATE harvester.feeds SET next_url = url, state = 'backfilling',"
-            " backfill_generation = generation + 1, retry_at = NULL, last_error = NULL"
-            " WHERE id = :id AND backfill_generation IS NULL"
-        ),
-        {"id": feed_id},
-    )
+    conn.execute(text(START_BACKFILL), {"id": feed_id})
     return load_feed(conn, feed_id)
 
 
@@ -731,4 +785,5 @@ def _deleted_parents(deleted: Sequence[Any]) -> set[tuple[str, str]]:
 def _rejected_key(page_url: str, rejected: Rejected) -> str:
     if rejected.id is not None:
         return f"{rejected.kind or ''}\x1f{rejected.id}"
-    return f"{page_url}#{rejected.position}"
+    # The key is indexed and a page URL has no bound: its digest stands for it.
+    return f"{hashlib.sha256(page_url.encode()).hexdigest()}#{rejected.position}"

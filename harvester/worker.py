@@ -19,16 +19,20 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
-from harvester import metrics, store
+from harvester import metrics, redact, store
 from harvester.errors import (
     FatalFeedError,
     FeedError,
     FeedGone,
     FeedOverloaded,
+    HarvesterError,
+    InternalError,
     LeaseLost,
     RetriableFeedError,
+    database_fault,
 )
 from harvester.pipeline import Harvester, Progress, run_in_background
 from harvester.store import FeedRow
@@ -102,7 +106,7 @@ class Worker:
         try:
             with self.harvester.engine.begin() as conn:
                 return store.database_now(conn)
-        except (OperationalError, DBAPIError):
+        except (DBAPIError, SQLAlchemyTimeout):
             return None
 
     def schedule_stored(self, feed: FeedRow) -> None:
@@ -149,8 +153,8 @@ class Worker:
         try:
             with self.harvester.engine.begin() as conn:
                 return store.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
-        except (OperationalError, DBAPIError) as exc:
-            self.note_database_failure(exc)
+        except (DBAPIError, SQLAlchemyTimeout) as exc:
+            self.loop_database_failure(exc)
             return False
 
     def renew_leases(self) -> None:
@@ -163,8 +167,8 @@ class Worker:
         try:
             with self.harvester.engine.begin() as conn:
                 store.renew_leases(conn, sorted(self.running), owner, self.settings.lease_seconds)
-        except (OperationalError, DBAPIError) as exc:
-            self.note_database_failure(exc)
+        except (DBAPIError, SQLAlchemyTimeout) as exc:
+            self.loop_database_failure(exc)
 
     def done_elsewhere(self, feed_id: int) -> bool:
         """With once: another live worker holds the feed and has since brought it to its end."""
@@ -173,8 +177,8 @@ class Worker:
         try:
             with self.harvester.engine.begin() as conn:
                 done = store.caught_up_since(conn, feed_id, self.started_at)
-        except (OperationalError, DBAPIError) as exc:
-            self.note_database_failure(exc)
+        except (DBAPIError, SQLAlchemyTimeout) as exc:
+            self.loop_database_failure(exc)
             return False
         if done:
             logger.info(
@@ -200,19 +204,31 @@ class Worker:
             return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
         except FeedError as exc:
             return self.feed_failed(feed, exc)
-        except (DataError, IntegrityError) as exc:
-            # The database refused this page's data: a feed problem, not an outage.
-            return self.feed_failed(feed, FatalFeedError(f"{feed.next_url}: rejected by the "
-                                                         f"database: {exc.orig or exc}"))
         except LeaseLost as exc:
             logger.info("%s", exc, extra={"event": "lease_lost", "feed": feed.url})
             return FeedOutcome(feed, retry_in=self.settings.lease_seconds, state="elsewhere")
-        except (OperationalError, DBAPIError) as exc:
-            delay = self.note_database_failure(exc)
-            return FeedOutcome(feed, error=exc, retry_in=delay, state="database")
+        except (DBAPIError, SQLAlchemyTimeout) as exc:
+            return self.database_failed(feed, exc)
         except Exception as exc:  # an unforeseen bug must not kill the other feeds
             logger.exception("%s: unexpected error", feed.url, extra={"event": "feed_crashed"})
-            return FeedOutcome(feed, error=exc, retry_in=ERROR_RETRY_SECONDS, state="error")
+            return self.feed_failed(feed, InternalError(
+                f"{feed.next_url}: unexpected error (a harvester bug): {describe(exc)}"))
+
+    def database_failed(self, feed: FeedRow, error: Exception) -> FeedOutcome:
+        """Sort a database error by its SQLSTATE: an outage, the page's data, or our bug."""
+        fault = database_fault(error)
+        reason = describe(error)
+        if fault == "data":
+            return self.feed_failed(feed, FatalFeedError(
+                f"{feed.next_url}: refused by the database: {reason}", url=feed.next_url))
+        if fault == "bug":
+            logger.error("%s: the database refused a statement of ours: %s", feed.url, reason,
+                         exc_info=error, extra={"event": "feed_crashed", "feed": feed.url})
+            return self.feed_failed(feed, InternalError(
+                f"{feed.next_url}: internal error (a harvester bug): {reason}"))
+        delay = self.note_database_failure(error)
+        self.store_error(feed, "database", f"database unavailable: {reason}", None)
+        return FeedOutcome(feed, error=error, retry_in=delay, state="database")
 
     def poll_interval(self, progress: Progress) -> float:
         """RPDE/imin: at most one poll of a last page per 8 s; longer if max-age says so."""
@@ -221,21 +237,35 @@ class Worker:
             interval = max(interval, min(progress.max_age, self.settings.max_poll_seconds))
         return interval
 
-    def feed_failed(self, feed: FeedRow, error: FeedError) -> FeedOutcome:
+    def feed_failed(self, feed: FeedRow, error: HarvesterError) -> FeedOutcome:
         """Park the feed as RPDE asks and record why."""
         state, retry_in = classify(error, self.settings.overload_retry_seconds)
         retry_at = datetime.now(UTC) + timedelta(seconds=retry_in) if retry_in else None
+        message = redact.scrub(str(error))
         logger.error(
-            "%s", error,
+            "%s", message,
             extra={"event": "feed_failed", "feed": feed.url, "state": state},
         )  # fmt: skip
         metrics.record_error(feed.source, feed.url, state)
+        self.store_error(feed, state, message, retry_at)
+        return FeedOutcome(feed, error=error, retry_in=retry_in, state=state)
+
+    def store_error(
+        self, feed: FeedRow, state: str, message: str, retry_at: datetime | None
+    ) -> None:
+        """Write the failure to the feed's row, for `status` (best effort: the database may be away)."""
         try:
             with self.harvester.engine.begin() as conn:
-                store.record_feed_error(conn, feed.id, state, str(error), retry_at)
-        except (OperationalError, DBAPIError) as exc:
-            self.note_database_failure(exc)
-        return FeedOutcome(feed, error=error, retry_in=retry_in, state=state)
+                store.record_feed_error(conn, feed.id, state, redact.scrub(message), retry_at)
+        except (DBAPIError, SQLAlchemyTimeout) as exc:
+            logger.warning("%s: could not record the failure: %s", feed.url, describe(exc),
+                           extra={"event": "feed_error_not_recorded", "feed": feed.url})
+
+    def loop_database_failure(self, error: Exception) -> None:
+        """A scheduling statement failed: wait out an outage; a bug of ours stops the run."""
+        if database_fault(error) == "bug":
+            raise InternalError(f"a scheduling statement failed: {describe(error)}") from error
+        self.note_database_failure(error)
 
     def note_database_failure(self, error: Exception) -> float:
         """Log that the database is away; the next try waits a growing, jittered delay."""
@@ -243,7 +273,7 @@ class Worker:
         low, high = DATABASE_RETRY_SECONDS
         delay = min(high, low * 2 ** min(self.database_failures, 8)) * random.uniform(0.5, 1)
         logger.warning(
-            "database unavailable, retrying in %.1fs: %s", delay, error.__class__.__name__,
+            "database unavailable, retrying in %.1fs: %s", delay, describe(error),
             extra={"event": "database_unavailable"},
         )  # fmt: skip
         return delay
@@ -309,11 +339,18 @@ class Worker:
             with self.harvester.engine.begin() as conn:
                 for feed_id in self.feeds:
                     store.release_feed(conn, feed_id, owner)
-        except (OperationalError, DBAPIError):
+        except (DBAPIError, SQLAlchemyTimeout):
             pass  # the leases expire on their own
 
 
-def classify(error: FeedError, overload: tuple[float, float]) -> tuple[str, float | None]:
+def describe(error: BaseException) -> str:
+    """One line for an error: a database error's own first line (no SQL, no parameters)."""
+    original = getattr(error, "orig", None) or error
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def classify(error: HarvesterError, overload: tuple[float, float]) -> tuple[str, float | None]:
     """The feed's state after an error, and when to try again (None: never)."""
     if isinstance(error, FeedGone):
         return "gone", None

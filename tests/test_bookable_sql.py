@@ -90,7 +90,7 @@ class Harness:
             return
         row = self.feeds[feed]
         next_url = f"{row.url}?page={next(self.pages)}"
-        page = PageWrite(records.to_rows(items), [], row.next_url, next_url, False)
+        page = PageWrite(records.to_rows(items)[0], [], row.next_url, next_url, False)
         store.write_page(conn, row, page, parents=self.parents)
         self.feeds[feed] = replace(row, next_url=next_url)
 

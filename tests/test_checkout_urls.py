@@ -160,7 +160,7 @@ def write(engine: Engine, source: str, base: str | None, pages: dict[str, list[I
                           bookability.checkout_prefix(base))  # fmt: skip
         feeds = store.load_feeds(conn, [(source, url) for url in pages])
     for feed in feeds:
-        page = PageWrite(records.to_rows(pages[feed.url]), [], feed.next_url,
+        page = PageWrite(records.to_rows(pages[feed.url])[0], [], feed.next_url,
                          f"{feed.url}?after=1", False)  # fmt: skip
         with engine.begin() as conn:
             store.write_page(conn, feed, page)

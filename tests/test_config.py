@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harvester import redact
 from harvester.config import Config, Settings, Source, load_config, parse_config
 from harvester.errors import ConfigError
 
@@ -202,14 +203,17 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 # --- the real command line ---------------------------------------------------------------
 
 
-def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run `python -m harvester` with no config or database in the environment."""
+def run_cli(
+    args: list[str], tmp_path: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m harvester` with no config or database in the environment (plus `extra`)."""
     environ = {
         name: value for name, value in os.environ.items()
         if not name.startswith("HARVESTER_") and name not in ("DATABASE_URL", "IMIN_API_KEY")
     }  # fmt: skip
     # Should the config check ever come after the database, nothing real is touched.
     environ["HARVESTER_DATA_DIR"] = str(tmp_path / "pgdata")
+    environ.update(extra or {})
     return subprocess.run(
         [sys.executable, "-m", "harvester", *args],
         capture_output=True, text=True, timeout=60, env=environ, cwd=tmp_path,
@@ -250,3 +254,114 @@ def test_cli_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = run_cli(["run", "--once", "--config", str(path)], tmp_path)
     assert result.returncode == 2, result.stderr
     assert str(path) in result.stderr
+
+
+# --- header names and values: what can be sent, and never the value in a message -----------
+
+KEY_HEADER = MINIMAL + '[sources.headers]\nX-API-KEY = "${IMIN_API_KEY}"\n'
+
+
+@pytest.mark.parametrize(
+    ("value", "warning"),
+    [
+        (API_KEY + "\n", "trailing whitespace"),  # a secrets file read with $(cat ...)
+        (API_KEY + "\r\n", "trailing whitespace"),  # a .env with CRLF line ends
+        (API_KEY + " \t", "trailing whitespace"),
+        ("  " + API_KEY, "leading whitespace"),
+    ],
+)
+def test_header_value_whitespace_is_trimmed_with_a_warning(value: str, warning: str) -> None:
+    config = parse(KEY_HEADER, {"IMIN_API_KEY": value})
+    assert config.sources[0].headers["X-API-KEY"] == API_KEY
+    (message,) = config.warnings
+    assert message.startswith(f"{PATH}: sources[0].headers.X-API-KEY: {warning}")
+    assert API_KEY not in message
+    assert "\n" not in message
+
+
+def test_header_value_whitespace_both_sides_gives_two_warnings() -> None:
+    config = parse(KEY_HEADER, {"IMIN_API_KEY": f"\t{API_KEY}\r\n"})
+    assert config.sources[0].headers["X-API-KEY"] == API_KEY
+    assert len(config.warnings) == 2
+    assert all("sources[0].headers.X-API-KEY" in message for message in config.warnings)
+    assert not any(API_KEY in message for message in config.warnings)
+
+
+def test_clean_header_value_gives_no_warning() -> None:
+    config = parse(KEY_HEADER, {"IMIN_API_KEY": API_KEY})
+    assert config.warnings == ()
+    # Spaces inside a value are fine (e.g. "Bearer TOKEN").
+    config = parse(KEY_HEADER, {"IMIN_API_KEY": f"Bearer {API_KEY}"})
+    assert config.sources[0].headers["X-API-KEY"] == f"Bearer {API_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("value", "fault"),
+    [
+        (API_KEY[:8] + "\n" + API_KEY[8:], "line break (LF)"),
+        (API_KEY[:8] + "\r" + API_KEY[8:], "line break (CR)"),
+        (API_KEY[:8] + "\r\n" + API_KEY[8:], "line break (CR)"),
+        (API_KEY[:8] + "\0" + API_KEY[8:], "NUL"),
+        (API_KEY[:8] + "\x1b" + API_KEY[8:], "control character (U+001B)"),
+        (API_KEY[:8] + "\x7f" + API_KEY[8:], "control character (U+007F)"),
+        (API_KEY[:8] + "\u00e9" + API_KEY[8:], "non-ASCII"),
+        (API_KEY + "\f", "control character (U+000C)"),  # not trimmed: not a space or line end
+    ],
+)
+def test_unsendable_header_value_is_an_error_without_the_value(value: str, fault: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(KEY_HEADER, {"IMIN_API_KEY": value})
+    message = str(caught.value)
+    assert message.startswith(f"{PATH}: sources[0].headers.X-API-KEY: ")
+    assert fault in message
+    for part in (value, API_KEY, API_KEY[:8], API_KEY[8:]):
+        assert part not in message
+    assert "\n" not in message and "\r" not in message
+
+
+def test_unsendable_literal_header_value_is_an_error_too() -> None:
+    text = MINIMAL + f'[sources.headers]\nX-API-KEY = "{API_KEY[:8]}\\u0007{API_KEY[8:]}"\n'
+    with pytest.raises(ConfigError, match="U\\+0007") as caught:
+        parse(text)
+    assert API_KEY[:8] not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["X API KEY", "X-API-KEY:", "Bad\\nName", "", "Ключ", "a(b)"])
+def test_bad_header_name_is_an_error(name: str) -> None:
+    text = MINIMAL + f'[sources.headers]\n"{name}" = "x"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert message.startswith(f"{PATH}: sources[0].headers.")
+    assert "not a valid header name" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["X-API-KEY", "Authorization", "x_key.v2", "!#$%&'*+-.^_`|~"])
+def test_token_header_names_are_accepted(name: str) -> None:
+    text = MINIMAL + f'[sources.headers]\n"{name}" = "x"\n'  # tchars need no TOML escape
+    assert dict(parse(text).sources[0].headers) == {name: "x"}
+
+
+def test_secrets_lists_every_header_value() -> None:
+    text = CONTRACT_EXAMPLE + '\n[[sources]]\nname = "b"\nfeeds = ["https://b.example/f"]\n'
+    text += '[sources.headers]\nAuthorization = "Bearer ${B_TOKEN}"\nX-Other = "v"\n'
+    config = parse(text, {"IMIN_API_KEY": API_KEY + "\n", "B_TOKEN": "tok-123456"})
+    assert sorted(config.secrets()) == sorted([API_KEY, "Bearer tok-123456", "v"])
+
+
+def test_parsing_registers_no_secrets() -> None:
+    before = redact.registered_secrets()
+    parse(CONTRACT_EXAMPLE, {"IMIN_API_KEY": "never-registered-by-parse"})
+    assert redact.registered_secrets() == before
+
+
+def test_cli_bad_header_value_exits_2_without_the_value(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(CONTRACT_EXAMPLE, encoding="utf-8")
+    key = f"{API_KEY[:8]}\n{API_KEY[8:]}"
+    result = run_cli(["run", "--once", "--config", str(path)], tmp_path, {"IMIN_API_KEY": key})
+    assert result.returncode == 2, result.stderr
+    assert "sources[0].headers.X-API-KEY" in result.stderr
+    assert API_KEY[:8] not in result.stderr and API_KEY[8:] not in result.stderr
+    assert not (tmp_path / "pgdata").exists()

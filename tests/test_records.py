@@ -1,4 +1,8 @@
-"""Items to staging rows: NUL characters never reach PostgreSQL text (it refuses them)."""
+"""Items to staging rows: NUL characters never reach PostgreSQL text (it refuses them).
+
+NUL is replaced by U+FFFD as the page is read, before its items are de-duplicated, so
+two ids that differ only by a NUL stay two items.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,14 @@ PAGE = (
 
 
 def test_rows_hold_no_nul_and_clean_rows_are_untouched() -> None:
-    """NUL is dropped from every string field; a row without NUL is returned as built."""
+    """NUL becomes U+FFFD in every string field; a row without NUL is built as ever."""
     page = rpde.parse_page("http://pub.example/feed", PAGE)
-    dirty, clean = records.to_rows(page.items)
+    (dirty, clean), unstorable = records.to_rows(page.items)
+    assert unstorable == []
     assert not any(isinstance(value, str) and "\x00" in value for value in dirty)
-    assert dirty[1] == "ab" and dirty[9] == "id1" and dirty[12] == "https://x.example/p"
-    assert "\\u0000" not in dirty[5]
+    assert dirty[1] == "a\ufffdb" and dirty[9] == "id\ufffd1"
+    assert dirty[12] == "https://x.example/p\ufffd"
+    assert "\\u0000" not in dirty[5] and "Yoga\ufffd" in dirty[5]
     assert clean == records.to_row(page.items[1])
 
 
@@ -36,8 +42,8 @@ def test_a_page_with_nul_is_stored(engine: Engine) -> None:
     with engine.begin() as conn:
         store.sync_source(conn, source, None)
         feed = store.load_feeds(conn)[0]
-        write = store.PageWrite(records.to_rows(page.items), [], feed.url, page.next_url, False)
+        write = store.PageWrite(records.to_rows(page.items)[0], [], feed.url, page.next_url, False)
         store.write_page(conn, feed, write)
     with engine.connect() as conn:
         ids = conn.execute(text("SELECT rpde_id FROM harvester.items ORDER BY 1")).scalars()
-        assert list(ids) == ["ab", "plain"]
+        assert list(ids) == ["a\ufffdb", "plain"]

@@ -175,8 +175,8 @@ def test_modified_is_exact(raw_modified: Any, number: int | None, text: str | No
 
 def test_modified_float_never_becomes_a_number() -> None:
     # A float `modified` is not an RPDE value; it is held as text, never compared as a float.
-    assert split_modified(1.5) == (None, "1.5")
-    assert split_modified(True) == (None, None)
+    assert split_modified(1.5) == (None, "1.5", None)
+    assert split_modified(True) == (None, None, None)
 
 
 def test_big_modified_survives_the_whole_page() -> None:

@@ -52,7 +52,7 @@ def write(
     """Commit one page; the feed moved to the page's `next`."""
     page = parse(feed, items, next_url)
     page_write = PageWrite(
-        records.to_rows(page.items), page.rejected, page.url, page.next_url, page.is_last
+        records.to_rows(page.items)[0], page.rejected, page.url, page.next_url, page.is_last
     )
     with engine.begin() as conn:
         store.write_page(conn, feed, page_write, owner=owner)
