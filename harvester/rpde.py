@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -26,6 +28,14 @@ MAX_MODIFIED_DIGITS = 100  # change numbers and .NET ticks have 20; more is not 
 MAX_INT_DIGITS = 4_300  # Python's own limit on int <-> text conversions
 NUL_ESCAPE = b"\\u0000"
 UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+# A \uD800-\uDFFF escape (after an even run of backslashes, so it is an escape): a high
+# one with its low one, which is kept, or one alone, which becomes \ufffd.
+LONE_SURROGATE_ESCAPE = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    r"|(?<!\\)((?:\\\\)*)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+EXACT_DECODE_RECURSION = 2_500  # about 1 MB of C stack at its deepest: threads have 8
+_DEEPER_RECURSION = threading.Lock()
 MODIFIED_BOUND = 10**MAX_MODIFIED_DIGITS
 INTEGER_TEXT = re.compile("-?[0-9]+")  # ASCII digits: int() would also read other scripts'
 
@@ -100,26 +110,52 @@ def decode_json(url: str, body: bytes | bytearray) -> tuple[Any, bool]:
     """Decode JSON exactly; True when its strings or numbers need `repair_item`."""
     try:
         document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # a lone surrogate, a number out of range, a BOM, bad UTF-8... or not JSON
-    else:
-        if not _lost_precision(document):
-            # PostgreSQL text holds no NUL: the one thing orjson reads that must be repaired.
-            return document, NUL_ESCAPE in body
-    return decode_tolerantly(url, body), True
+        # PostgreSQL text holds no NUL: the one thing orjson reads that must be repaired.
+        needs_repair = NUL_ESCAPE in body
+    except orjson.JSONDecodeError:  # bad UTF-8, a BOM, a lone surrogate... or worse
+        text = readable_text(body)
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError:  # a number out of range, NaN... or not JSON
+            return decode_exactly(url, text), True
+        needs_repair = True
+    if _lost_precision(document):
+        return decode_exactly(url, readable_text(body)), True
+    return document, needs_repair
 
 
-def decode_tolerantly(url: str, body: bytes | bytearray) -> Any:
-    """The stdlib parser, which reads what orjson refuses; what cannot be held is marked."""
+def readable_text(body: bytes | bytearray) -> str:
+    """The body as text a JSON parser takes: bad UTF-8 and lone surrogates as U+FFFD."""
     text = bytes(body).decode("utf-8", errors="replace").removeprefix("\ufeff")
+    return LONE_SURROGATE_ESCAPE.sub(_replace_lone_surrogate, text)
+
+
+def decode_exactly(url: str, text: str) -> Any:
+    """The stdlib parser: integers of any size, numbers it cannot hold marked, not refused."""
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                          parse_constant=lambda _name: None)  # fmt: skip
+        with _DEEPER_RECURSION:
+            # Its C scanner counts against Python's recursion limit (1,000): as deep as
+            # orjson reads (1,024), so one deep item among numbers out of range costs
+            # only its item. Process-wide, hence under a lock and restored at once.
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(limit, EXACT_DECODE_RECURSION))
+            try:
+                return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                                  parse_constant=lambda _name: None)  # fmt: skip
+            finally:
+                sys.setrecursionlimit(limit)
     except RecursionError as exc:
         raise InvalidPage(f"{url}: not an RPDE page: JSON nested too deeply", url=url) from exc
     except ValueError as exc:
         message = f"{url}: not an RPDE page: the body is not JSON ({exc})"
         raise InvalidPage(message, url=url) from exc
+
+
+def _replace_lone_surrogate(match: re.Match[str]) -> str:
+    backslashes, high, low, lone_backslashes = match.group(1, 2, 3, 4)
+    if high is None:
+        return f"{lone_backslashes}\\ufffd"  # a low surrogate with no high one before it
+    return f"{backslashes}\\u{high}{low}" if low else f"{backslashes}\\ufffd"
 
 
 class _OutOfRange:

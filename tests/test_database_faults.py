@@ -1,0 +1,178 @@
+"""Database errors are sorted by SQLSTATE at one boundary, and every failure is recorded.
+
+An outage is waited out; the data's fault is the feed's problem (named, recorded, and set
+aside where an item is the cause); a bug of ours fails loudly in the feed's last_error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+from helpers import FAST_SETTINGS, feed_rows, parse_status, run_harvester, write_config
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from harvester import database, store
+from harvester.config import Settings, Source
+from harvester.errors import database_fault
+from harvester.fetch import Fetcher
+from harvester.pipeline import Harvester
+from harvester.sample import FEED_NAMES, SamplePublisher
+from harvester.worker import Worker
+
+
+def wrapped(error: BaseException) -> DBAPIError:
+    """The error as SQLAlchemy raises it."""
+    return DBAPIError.instance("SELECT 1", None, error, psycopg.Error)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "fault"),
+    [
+        ("21000", "data"),  # cardinality_violation: ON CONFLICT touching a row twice
+        ("22021", "data"),  # character_not_in_repertoire
+        ("22P02", "data"),  # invalid_text_representation (a bad jsonb)
+        ("23514", "data"),  # check_violation
+        ("54000", "data"),  # program_limit_exceeded: an index row too big
+        ("42703", "bug"),  # undefined_column: our SQL is wrong
+        ("42601", "bug"),  # syntax_error
+        ("42501", "bug"),  # insufficient_privilege
+        ("0A000", "bug"),  # feature_not_supported
+        ("08006", "passing"),  # connection_failure
+        ("57P01", "passing"),  # admin_shutdown (a restart, a failover)
+        ("57014", "passing"),  # query_canceled (statement_timeout)
+        ("55P03", "passing"),  # lock_not_available (lock_timeout)
+        ("25P03", "passing"),  # idle_in_transaction_session_timeout
+        ("40P01", "passing"),  # deadlock_detected
+        ("40001", "passing"),  # serialization_failure
+        ("53300", "passing"),  # too_many_connections
+        ("3D000", "passing"),  # invalid_catalog_name: the database is not there (yet)
+    ],
+)
+def test_database_errors_are_sorted_by_sqlstate(sqlstate: str, fault: str) -> None:
+    error = psycopg.errors.lookup(sqlstate)("message")
+    assert database_fault(error) == fault
+    assert database_fault(wrapped(error)) == fault
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (psycopg.OperationalError("connection refused"), "passing"),
+        (psycopg.InterfaceError("the connection is closed"), "passing"),
+        (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), "data"),
+        (psycopg.ProgrammingError("query has 2 placeholders but 1 parameters"), "bug"),
+    ],
+)
+def test_errors_without_sqlstate_are_sorted_by_the_driver(error: Exception, fault: str) -> None:
+    assert database_fault(wrapped(error)) == fault
+
+
+def test_a_real_lock_timeout_is_passing(engine: Engine) -> None:
+    with engine.connect() as holder, engine.connect() as waiter:
+        holder.execute(text("SELECT pg_advisory_lock(42)"))
+        waiter.execute(text("SET lock_timeout = '100ms'"))
+        with pytest.raises(DBAPIError) as raised:
+            waiter.execute(text("SELECT pg_advisory_lock(42)"))
+        holder.execute(text("SELECT pg_advisory_unlock(42)"))
+    assert database_fault(raised.value) == "passing"
+
+
+def test_harvester_sessions_have_deadlines(engine: Engine) -> None:
+    with engine.connect() as conn:
+        shown = {name: conn.execute(text(f"SHOW {name}")).scalar_one()
+                 for name in database.SESSION_TIMEOUTS}  # fmt: skip
+    assert shown == {"lock_timeout": "30s", "statement_timeout": "5min",
+                     "idle_in_transaction_session_timeout": "1min"}  # fmt: skip
+
+
+# --- through a real harvester ---------------------------------------------------------
+
+
+@pytest.fixture
+def publisher() -> Iterator[SamplePublisher]:
+    """A small publisher: 400 items over four feeds, pages of 50."""
+    with SamplePublisher(items=400, page_size=50, last_page_max_age=0) as started:
+        yield started
+
+
+def config_for(tmp_path: Path, publisher: SamplePublisher) -> str:
+    """The publisher's feeds with the fast test settings."""
+    return str(write_config(tmp_path / "h.toml", publisher.to_config_toml(), FAST_SETTINGS))
+
+
+def test_a_bug_in_our_sql_fails_loudly_and_is_recorded(
+    publisher: SamplePublisher, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Class 42 is not an outage: no back-off loop, the feed in error saying why."""
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE harvester.items RENAME COLUMN problem TO problem_gone"))
+    result = run_harvester(db_url, "run", "--once", "--config", config_for(tmp_path, publisher))
+    assert result.returncode == 1
+    assert "database unavailable" not in result.stderr
+    assert "Traceback" in result.stderr  # loud: the operator sees where
+    rows = feed_rows(engine)
+    status = parse_status(run_harvester(db_url, "status").stdout)
+    for feed in FEED_NAMES:
+        url = publisher.feed_url(feed)
+        assert rows[url].state == "error"
+        assert "internal error (a harvester bug): UndefinedColumn" in rows[url].last_error
+        assert "UndefinedColumn" in status.errors[url]
+        assert "SELECT" not in rows[url].last_error  # one line, no SQL
+
+
+def test_an_item_the_database_refuses_is_set_aside_by_a_real_harvester(
+    publisher: SamplePublisher, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    victim = next(item for item in publisher.items("slots") if item["state"] == "updated")
+    with engine.begin() as conn:
+        conn.execute(
+            text("ALTER TABLE harvester.items ADD CONSTRAINT refuse_one"
+                 f" CHECK (rpde_id <> '{victim['id']}')")
+        )  # fmt: skip
+    result = run_harvester(db_url, "run", "--once", "--config", config_for(tmp_path, publisher))
+    assert result.returncode == 0, result.stderr
+    with engine.connect() as conn:
+        rejected = conn.execute(text("SELECT rpde_id, reason FROM harvester.rejected_items")).all()
+        held = conn.execute(text("SELECT count(*) FROM harvester.items")).scalar_one()
+    assert [(rpde_id, "refuse_one" in reason) for rpde_id, reason in rejected] == [
+        (str(victim["id"]), True)
+    ]
+    assert held == sum(len(publisher.held(feed)) for feed in FEED_NAMES) - 1
+    assert {row.state for row in feed_rows(engine).values()} == {"caught_up"}
+
+
+def test_an_unexpected_error_is_recorded_in_last_error(
+    publisher: SamplePublisher, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug outside SQL (here a RuntimeError from the page's conversion) is written down."""
+    from harvester import pipeline
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug in the row builder")
+
+    monkeypatch.setattr(pipeline.records, "to_rows", broken)
+    source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
+    with engine.begin() as conn:
+        store.sync_source(conn, source, None)
+        feeds = store.load_feeds(conn)
+    settings = Settings(retry_attempts=1)
+    fetcher = Fetcher(settings)
+    harvester = Harvester(engine=engine, fetcher=fetcher, settings=settings,
+                          sources={"sample": source}, stop=threading.Event())  # fmt: skip
+    try:
+        report = Worker(harvester, feeds, once=True).run()
+    finally:
+        fetcher.close()
+    assert len(report.failures) == len(feeds)
+    for row in feed_rows(engine).values():
+        assert row.state == "error"
+        assert "unexpected error (a harvester bug): RuntimeError: a bug in the row builder" in (
+            row.last_error
+        )
