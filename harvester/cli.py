@@ -108,8 +108,10 @@ def command_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     config = read_config(args, environ)
     if args.metrics_port is not None:
         metrics.serve_metrics(args.metrics_host, args.metrics_port)
+    metrics.HEALTH.configure(config.settings.unhealthy_after_seconds)
     with open_database(args, environ) as engine:
         database.migrate(engine)
+        metrics.CAUGHT_UP.bind(engine)
         outcome = harvest(engine, config, once=args.once)
     return finish_run(outcome, args.once, json_logs=args.log_format == "json")
 

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +19,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from harvester import store
+from harvester.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +76,92 @@ LAG = LagCollector()
 registry.register(LAG)
 
 
-class Health:
-    """The worker's heartbeat, read by /healthz."""
+class CaughtUpCollector(Collector):
+    """harvester_feed_last_caught_up_timestamp_seconds per feed, read from the database.
+
+    From the feeds table, not from this process's memory: a feed stuck since before a
+    restart, or one another worker holds, still raises a lag alert
+    (`time() - harvester_feed_last_caught_up_timestamp_seconds > ...`).
+    """
 
     def __init__(self) -> None:
-        self.last_tick = time.monotonic()
+        self.engine: Engine | None = None
+
+    def bind(self, engine: Engine) -> None:
+        """Read from this database from now on."""
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per feed that has ever reached its last page."""
+        family = GaugeMetricFamily(
+            "harvester_feed_last_caught_up_timestamp_seconds",
+            "when the feed last reached its last page (Unix time), from the database",
+            labels=["source", "feed"],
+        )  # fmt: skip
+        for source, url, moment in self.read():
+            family.add_metric([source, url], moment.timestamp())
+        yield family
+
+    def read(self) -> list[Any]:
+        """(source, url, caught_up_at) of every feed; none when the database is away."""
+        if self.engine is None:
+            return []
+        try:
+            with self.engine.begin() as conn:
+                return store.caught_up_times(conn)
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: feeds not read: %s", type(exc).__name__,
+                           extra={"event": "metrics_database_unavailable"})  # fmt: skip
+            return []
+
+
+CAUGHT_UP = CaughtUpCollector()
+registry.register(CAUGHT_UP)
+
+
+class Health:
+    """What /healthz reads: the worker loop's heartbeat, the database, and feed progress."""
+
+    def __init__(self, unhealthy_after: float = Settings.unhealthy_after_seconds) -> None:
+        self.started = self.last_tick = self.last_progress = time.monotonic()
         self.database_ok = True
+        self.unhealthy_after = unhealthy_after
+
+    def configure(self, unhealthy_after: float) -> None:
+        """Set how long without any feed's progress makes the process unhealthy."""
+        self.unhealthy_after = unhealthy_after
 
     def tick(self, database_ok: bool = True) -> None:
         """The worker loop is alive; note whether the database answered lately."""
         self.last_tick = time.monotonic()
         self.database_ok = database_ok
 
-    def healthy(self) -> bool:
-        """Alive and reaching the database."""
-        return self.database_ok and time.monotonic() - self.last_tick < HEALTHY_WITHIN_SECONDS
+    def progress(self) -> None:
+        """A feed committed a page (a poll of its last page included)."""
+        self.last_progress = time.monotonic()
+
+    def problem(self) -> str | None:
+        """Why the process is unhealthy now, or None."""
+        return health_problem(time.monotonic(), self.last_tick, self.database_ok,
+                              self.last_progress, self.unhealthy_after)  # fmt: skip
+
+
+def health_problem(
+    now: float, last_tick: float, database_ok: bool, last_progress: float, unhealthy_after: float
+) -> str | None:
+    """The rule of /healthz: a live loop, a reachable database, and some feed progressing.
+
+    Progress counts a poll of a caught-up feed's last page, so feeds that are merely up to
+    date stay healthy; all feeds gone, failing or backing off make the process unhealthy.
+    """
+    if now - last_tick >= HEALTHY_WITHIN_SECONDS:
+        return f"the worker loop has not run for {now - last_tick:.0f} s"
+    if not database_ok:
+        return "the database is unavailable"
+    if now - last_progress >= unhealthy_after:
+        return (f"no feed has made progress for {now - last_progress:.0f} s"
+                f" (limit {unhealthy_after:.0f} s): see `harvester status`")  # fmt: skip
+    return None
 
 
 HEALTH = Health()
@@ -92,6 +169,7 @@ HEALTH = Health()
 
 def record_page(source: str, feed: str, items: int, rejected: int, caught_up: bool) -> None:
     """Count one committed page."""
+    HEALTH.progress()
     PAGES.labels(source, feed).inc()
     ITEMS.labels(source, feed).inc(items)
     if rejected:
@@ -121,9 +199,12 @@ class MetricsHandler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self.reply(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok = HEALTH.healthy()
-            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            self.reply(status, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+            problem = HEALTH.problem()
+            if problem is None:
+                self.reply(HTTPStatus.OK, b"ok\n", "text/plain")
+            else:
+                body = f"unhealthy: {problem}\n".encode()
+                self.reply(HTTPStatus.SERVICE_UNAVAILABLE, body, "text/plain")
         else:
             self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 

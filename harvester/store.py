@@ -651,6 +651,19 @@ def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float)
     return result.rowcount == 1
 
 
+# A scrape must answer quickly, whatever the database is doing.
+CAUGHT_UP_TIMES = """
+SELECT source, url, caught_up_at FROM harvester.feeds
+WHERE caught_up_at IS NOT NULL ORDER BY source, url
+"""
+
+
+def caught_up_times(conn: Connection) -> list[Any]:
+    """(source, url, caught_up_at) of every feed that has reached its last page."""
+    conn.execute(text("SET LOCAL statement_timeout = '5s'"))
+    return list(conn.execute(text(CAUGHT_UP_TIMES)).all())
+
+
 def database_now(conn: Connection) -> datetime:
     """now() on the database server."""
     return conn.execute(text("SELECT now()")).scalar_one()

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import errors
 from sqlalchemy import Engine, make_url
 
+from harvester.metrics import HEALTHY_WITHIN_SECONDS, health_problem
 from harvester.sample import FEED_NAMES, Fault, SamplePublisher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,23 @@ def publisher() -> Iterator[SamplePublisher]:
 
 
 # --- /metrics and /healthz ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick_age", "database_ok", "progress_age", "problem"),
+    [
+        (0.0, True, 10.0, None),  # a feed committed a page (or polled its last) lately
+        (0.0, True, 900.0, "no feed has made progress for 900 s (limit 900 s)"),
+        (0.0, False, 0.0, "the database is unavailable"),
+        (HEALTHY_WITHIN_SECONDS, True, 0.0, "the worker loop has not run for 60 s"),
+    ],
+)
+def test_the_health_rule(
+    tick_age: float, database_ok: bool, progress_age: float, problem: str | None
+) -> None:
+    now = 10_000.0
+    found = health_problem(now, now - tick_age, database_ok, now - progress_age, 900.0)
+    assert found == problem or (problem is not None and found.startswith(problem))
 
 
 def free_port() -> int:
@@ -106,6 +124,40 @@ def test_metrics_and_health_port_reports_each_feed(
     assert metric(samples, "harvester_feed_state", **gone, state="gone") == 1.0
     assert metric(samples, "harvester_feed_errors_total", **gone, state="gone") == 1.0
     assert metric(samples, "harvester_feed_lag_seconds", **gone) is None  # never caught up
+
+
+def test_health_fails_when_no_feed_progresses_and_caught_up_times_come_from_the_database(
+    publisher: SamplePublisher, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """After a restart against a publisher that is away: 503 with the reason, and each
+    feed's last caught-up time as stored, so a lag alert still fires."""
+    config = write_config(tmp_path / "harvester.toml", publisher.to_config_toml(), FAST)
+    assert run_harvester(db_url, "run", "--once", "--config", str(config)).returncode == 0
+    caught_up = {url: row.caught_up_at.timestamp() for url, row in feed_rows(engine).items()}
+    for feed in FEED_NAMES:  # the publisher now fails every request
+        publisher.inject(feed, Fault(status=500, times=1_000))
+    slow = write_config(tmp_path / "slow.toml", publisher.to_config_toml(),
+                        {**FAST, "unhealthy_after_seconds": 2})  # fmt: skip
+    port = free_port()
+    args = ("run", "--config", str(slow), "--metrics-port", str(port),
+            "--metrics-host", "127.0.0.1")  # fmt: skip
+    with start_harvester(db_url, *args) as worker:
+        assert wait_for(lambda: _healthz(port).status_code == 503, 30), worker.output()[1]
+        health = _healthz(port)
+        samples = scrape(port)
+        assert worker.stop() == 0
+    assert "no feed has made progress" in health.text and "limit 2 s" in health.text
+    for url, moment in caught_up.items():
+        labels = {"source": "sample", "feed": url}
+        stored = metric(samples, "harvester_feed_last_caught_up_timestamp_seconds", **labels)
+        assert stored == pytest.approx(moment, abs=1e-3)
+
+
+def _healthz(port: int) -> httpx.Response:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    except httpx.TransportError:
+        return httpx.Response(0)  # not listening yet
 
 
 # --- JSON logs ----------------------------------------------------------------------------
