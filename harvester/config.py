@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from harvester.errors import ConfigError
 
 SOURCE_KEYS = frozenset({"name", "feeds", "checkout_base_url", "headers"})
+# The name is part of every indexed key, beside ids of up to 1,000 bytes (rpde.py).
+MAX_SOURCE_NAME_BYTES = 100
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: one or more tchar
 # Trimmed from header values: what a secrets file or a CRLF .env leaves around a key.
@@ -117,6 +119,8 @@ def parse_source(
     name = _require(raw, "name", str, path, f"{key}.name").strip()
     if not name:
         raise ConfigError(f"{path}: {key}.name: must not be empty")
+    if len(name.encode()) > MAX_SOURCE_NAME_BYTES:
+        raise ConfigError(f"{path}: {key}.name: longer than {MAX_SOURCE_NAME_BYTES} bytes")
     feeds = _require(raw, "feeds", list, path, f"{key}.feeds")
     if not feeds:
         raise ConfigError(f"{path}: {key}.feeds: list at least one feed URL")

@@ -129,6 +129,9 @@ def test_checkout_base_as_full_url() -> None:
         ('[[sources]]\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
         ('[[sources]]\nname = " "\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
         ('[[sources]]\nname = 7\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
+        # A name too long to be part of an indexed key.
+        ('[[sources]]\nname = "' + "n" * 101 + '"\nfeeds = ["https://a/x"]\n', {},
+         "sources[0].name"),  # fmt: skip
         # Two sources with one name.
         (MINIMAL + MINIMAL, {}, "sources[1].name"),
         # A header value that is not a string; headers that are not a table.
