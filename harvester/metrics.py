@@ -6,9 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,

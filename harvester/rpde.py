@@ -328,7 +328,9 @@ def split_modified(value: Any) -> tuple[int | None, str | None, str | None]:
         return None, None, None
     too_long = f"`modified` has more than {MAX_MODIFIED_DIGITS} digits"
     if isinstance(value, int):
-        return (value, None, None) if -MODIFIED_BOUND < value < MODIFIED_BOUND else (None, None, too_long)
+        if -MODIFIED_BOUND < value < MODIFIED_BOUND:
+            return value, None, None
+        return None, None, too_long
     if isinstance(value, str):
         stripped = value.strip()
         if not INTEGER_TEXT.fullmatch(stripped):

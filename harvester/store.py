@@ -647,7 +647,8 @@ WHERE f.id = mine.id
 
 def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float) -> bool:
     """Take or renew the feed's lease; False while another live worker holds it."""
-    result = conn.execute(text(CLAIM_FEED), {"id": feed_id, "owner": owner, "seconds": lease_seconds})
+    params = {"id": feed_id, "owner": owner, "seconds": lease_seconds}
+    result = conn.execute(text(CLAIM_FEED), params)
     return result.rowcount == 1
 
 

@@ -253,7 +253,7 @@ class Worker:
     def store_error(
         self, feed: FeedRow, state: str, message: str, retry_at: datetime | None
     ) -> None:
-        """Write the failure to the feed's row, for `status` (best effort: the database may be away)."""
+        """Write the failure to the feed's row for `status` (the database may be away)."""
         try:
             with self.harvester.engine.begin() as conn:
                 store.record_feed_error(conn, feed.id, state, redact.scrub(message), retry_at)

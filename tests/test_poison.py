@@ -242,8 +242,8 @@ class PoisonPublisher:
     """Serves a feed of two pages on 127.0.0.1: the poison page, then the last page."""
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         pages: dict[str, bytes] = {}
 
