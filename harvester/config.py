@@ -48,9 +48,9 @@ class Settings:
     retry_max_seconds: float = 600.0
     request_timeout_seconds: float = 30.0  # connect, and each read: a silent publisher
     request_deadline_seconds: float = 120.0  # a whole request, body included: a trickling one
-    # Decoded bytes. Each feed in flight holds a page being written and one being parsed
-    # (about 8x the page at its peak): 4 workers at the cap stay under 300 MB (README).
-    max_page_bytes: int = 8 * 1024 * 1024
+    # Decoded bytes. Real RPDE pages are a few MB. With 4 workers all at the cap the
+    # process peaks near 240 MB (bench/memory.py): under 300 MB with these defaults.
+    max_page_bytes: int = 6 * 1024 * 1024
     workers: int = 4  # feeds harvested at once by one process
     max_connections_per_host: int = 4
     lease_seconds: float = 15.0  # a dead worker's feeds are taken over after this

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import logging
 import random
 import re
 import threading
-from collections.abc import Callable, Mapping
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
+import httpcore
 import httpx
 import tenacity
 
@@ -27,10 +33,18 @@ from harvester.errors import (
 from harvester.rpde import origin_of
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = f"harvester/{__version__} (OpenActive RPDE harvester; httpx/{httpx.__version__})"
 ACCEPT = "application/json, application/vnd.openactive.rpde+json;q=0.9"
+# Only what decode_capped inflates, with its output counted: httpx would also offer br and
+# zstd when those packages happen to be installed, and decode them with no bound.
+ACCEPT_ENCODING = "gzip, deflate"
 MAX_REDIRECTS = 5
+LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+INFLATE_STEP = 64 * 1024  # decoded bytes per zlib call at most: the cap is checked this often
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's window bits for a gzip (RFC 1952) stream
+ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
 MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 
@@ -49,11 +63,16 @@ class Fetcher:
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.client = httpx.Client(
-            transport=transport,
+            # A caller's transport (tests: httpx.MockTransport) is used as given.
+            transport=transport if transport is not None else deadline_transport(LIMITS),
             timeout=httpx.Timeout(settings.request_timeout_seconds),
-            headers={"User-Agent": USER_AGENT, "Accept": ACCEPT},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            limits=LIMITS,
         )
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
@@ -63,16 +82,23 @@ class Fetcher:
         self.client.close()
 
     def get(self, url: str, headers: Mapping[str, str]) -> Response:
-        """GET one page, following same-origin redirects only; raise a classified FeedError."""
-        with self._host_slot(url):
+        """GET one page, following same-origin redirects only; raise a classified FeedError.
+
+        The whole call, redirect hops included, must end within request_deadline_seconds
+        (counted once a per-host slot is held, since waiting for one holds no connection).
+        """
+        seconds = self.settings.request_deadline_seconds
+        with self._host_slot(url), request_deadline(seconds) as deadline:
             for _ in range(MAX_REDIRECTS + 1):
-                location, response = self._request(url, headers)
+                location, response = self._request(url, headers, deadline)
                 if response is not None:
                     return response
                 url = location
         raise FatalFeedError(f"{url}: too many redirects", url=url)
 
-    def _request(self, url: str, headers: Mapping[str, str]) -> tuple[str, Response | None]:
+    def _request(
+        self, url: str, headers: Mapping[str, str], deadline: Deadline
+    ) -> tuple[str, Response | None]:
         try:
             with self.client.stream("GET", url, headers=dict(headers)) as response:
                 check_status(url, response)
@@ -82,6 +108,9 @@ class Fetcher:
                 max_age = parse_max_age(response.headers.get("Cache-Control"))
                 return url, Response(url, body, max_age)
         except httpx.TransportError as exc:
+            if deadline.expired:
+                message = f"{url}: no complete answer within {deadline.seconds:g} s"
+                raise RetriableFeedError(message, url=url) from exc
             # The exception text never carries request headers, so API keys stay out of logs.
             raise RetriableFeedError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
 
@@ -111,19 +140,270 @@ def check_status(url: str, response: httpx.Response) -> None:
 
 
 def read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
-    """Read the body, refusing anything larger than `limit` bytes."""
+    """Read and decode the body, refusing anything larger than `limit` bytes once decoded."""
+    encoding = content_encoding(url, response.headers.get("Content-Encoding"))
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    # Content-Length counts bytes on the wire: a bound on the decoded size only unencoded.
+    if encoding == "identity" and declared and declared.isdigit() and int(declared) > limit:
         raise InvalidPage(
-            f"{url}: response of {declared} bytes exceeds the {limit} byte cap", url=url
+            f"{url}: response of {declared} bytes exceeds the {limit} byte cap"
+            " (harvester.max_page_bytes)", url=url
         )
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidPage(f"{url}: response exceeds the {limit} byte cap", url=url)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = decode_capped(url, raw_body(response), encoding, limit)
+    # One short-lived copy: the bytearray is dropped on return.
+    return bytes(body)
+
+
+def raw_body(response: httpx.Response) -> Iterable[bytes]:
+    """The body's bytes as they came, still encoded: never httpx's own, unbounded decoding."""
+    stream = response.stream
+    if response.is_stream_consumed and isinstance(stream, httpx.SyncByteStream):
+        # A response made with content=... (httpx.MockTransport in tests) is read as it is
+        # made; its stream still holds the bytes as given.
+        return stream
+    return response.iter_raw()
+
+
+def content_encoding(url: str, header: str | None) -> str:
+    """The one encoding `decode_capped` must undo: identity, gzip or deflate; else InvalidPage."""
+    tokens = [token.strip().lower() for token in (header or "").split(",")]
+    codings = [token for token in tokens if token and token != "identity"]
+    if not codings:
+        return "identity"
+    shown = " ".join((header or "").split())[:100]  # one line, short
+    if len(codings) > 1:
+        message = f"{url}: Content-Encoding {shown!r} refused: stacked encodings are not accepted"
+        raise InvalidPage(message, url=url)
+    if codings[0] not in ENCODINGS:
+        message = f"{url}: Content-Encoding {shown!r} refused: only gzip and deflate are accepted"
+        raise InvalidPage(message, url=url)
+    return ENCODINGS[codings[0]]
+
+
+def decode_capped(url: str, chunks: Iterable[bytes], encoding: str, limit: int) -> bytearray:
+    """The body of wire `chunks` decoded, refused as soon as it exceeds `limit` decoded bytes.
+
+    The one place the cap is applied. Decoding is incremental, in pieces of bounded size,
+    so memory stays near `limit` whatever the ratio of a compressed body: a gzip bomb is
+    refused once `limit` bytes are out, not once it is all inflated.
+    """
+    body = bytearray()
+    for piece in decoded_pieces(url, chunks, encoding):
+        body += piece
+        if len(body) > limit:
+            decoded = "" if encoding == "identity" else f" once decoded ({encoding})"
+            message = f"{url}: response exceeds the {limit} byte cap{decoded} (max_page_bytes)"
+            raise InvalidPage(message, url=url)
+    return body
+
+
+def decoded_pieces(url: str, chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """The decoded body, piece by piece as the wire chunks come; lazily, so a caller that
+    stops asking stops the decoding."""
+    if encoding == "identity":
+        yield from chunks
+        return
+    inflater = Inflater(url, encoding)
+    for chunk in chunks:
+        yield from inflater.feed(chunk)
+    inflater.finish()
+
+
+class Inflater:
+    """Incremental gzip or deflate decoding, in pieces of at most INFLATE_STEP bytes."""
+
+    def __init__(self, url: str, encoding: str) -> None:
+        self.url = url
+        self.encoding = encoding
+        self.stream: Any = None  # a zlib Decompress object (its type is not public)
+        self.head = b""  # the first bytes, until they tell raw deflate from zlib-wrapped
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The pieces decoded from the next wire bytes."""
+        if self.stream is None:
+            self.head += data
+            if self.encoding == "deflate" and len(self.head) < 2:
+                return
+            data, self.head = self.head, b""
+            self.stream = zlib.decompressobj(wbits_for(self.encoding, data))
+        while data:
+            if self.stream.eof:
+                self.next_member()
+            try:
+                yield self.stream.decompress(data, INFLATE_STEP)
+            except zlib.error as exc:
+                message = f"{self.url}: the {self.encoding} body is corrupt ({exc})"
+                raise InvalidPage(message, url=self.url) from exc
+            # What zlib left: input held back by max_length, or what follows the stream's end.
+            data = self.stream.unused_data if self.stream.eof else self.stream.unconsumed_tail
+
+    def next_member(self) -> None:
+        """Bytes after the end of a stream: a gzip body may hold several members (RFC 1952)."""
+        if self.encoding != "gzip":
+            message = f"{self.url}: data after the end of the {self.encoding} body"
+            raise InvalidPage(message, url=self.url)
+        self.stream = zlib.decompressobj(GZIP_WBITS)
+
+    def finish(self) -> None:
+        """The wire body has ended: refuse a stream cut short."""
+        if self.stream is None or not self.stream.eof:
+            message = f"{self.url}: the {self.encoding} body is cut short"
+            raise InvalidPage(message, url=self.url)
+
+
+def wbits_for(encoding: str, head: bytes) -> int:
+    """zlib's wbits for a gzip, zlib-wrapped deflate or raw deflate stream starting `head`."""
+    if encoding == "gzip":
+        return GZIP_WBITS
+    # Many servers send raw deflate for "deflate". A zlib (RFC 1950) header is compression
+    # method 8, a window of at most 32 KiB, and a check making the first two bytes % 31 == 0.
+    method, window, check = head[0] & 0x0F, head[0] >> 4, (head[0] << 8 | head[1]) % 31
+    return zlib.MAX_WBITS if (method, check) == (8, 0) and window <= 7 else -zlib.MAX_WBITS
+
+
+# --- the request deadline -------------------------------------------------------------------
+
+
+@dataclass
+class Deadline:
+    """When the request in flight in this thread must be answered in full."""
+
+    seconds: float
+    at: float  # time.monotonic()
+    expired: bool = False  # set when the deadline, not a per-operation timeout, cut it off
+
+
+# Per thread (each Fetcher.get runs in its own), read by DeadlineStream at each call because
+# pooled connections move from thread to thread.
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "harvester_request_deadline", default=None
+)
+
+
+@contextmanager
+def request_deadline(seconds: float) -> Iterator[Deadline]:
+    """Bound every network operation of this thread by a deadline `seconds` from now."""
+    deadline = Deadline(seconds, time.monotonic() + seconds)
+    token = _DEADLINE.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _DEADLINE.reset(token)
+
+
+def run_bounded(
+    operation: Callable[[float | None], T],
+    timeout: float | None,
+    error: type[httpcore.TimeoutException],
+) -> T:
+    """Run `operation(timeout)` with `timeout` cut to the time left before the deadline."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return operation(timeout)
+    left = deadline.at - time.monotonic()
+    if left <= 0:
+        deadline.expired = True
+        raise error(f"the {deadline.seconds:g} s deadline has passed")
+    if timeout is not None and timeout < left:
+        return operation(timeout)  # the per-operation timeout is the tighter bound
+    try:
+        return operation(left)
+    except error:
+        deadline.expired = True
+        raise
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads and writes end by the deadline of the request using it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """Read, within the time left."""
+        return run_bounded(
+            lambda bound: self.stream.read(max_bytes, bound), timeout, httpcore.ReadTimeout
+        )
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        """Write, within the time left."""
+        run_bounded(lambda bound: self.stream.write(buffer, bound), timeout, httpcore.WriteTimeout)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        """The TLS handshake, within the time left."""
+        stream = run_bounded(
+            lambda bound: self.stream.start_tls(ssl_context, server_hostname, bound),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return DeadlineStream(stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        """What the wrapped stream says."""
+        return self.stream.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's blocking sockets, with connects and streams under the request deadline."""
+
+    def __init__(self) -> None:
+        self.backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        """Connect within the time left."""
+        stream = run_bounded(
+            lambda bound: self.backend.connect_tcp(
+                host, port, bound, local_address, socket_options
+            ),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        """Connect within the time left."""
+        stream = run_bounded(
+            lambda bound: self.backend.connect_unix_socket(path, bound, socket_options),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep."""
+        self.backend.sleep(seconds)
+
+
+def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's own transport, its network I/O bounded by the request deadline."""
+    transport = httpx.HTTPTransport(limits=limits)
+    # httpx.HTTPTransport takes no httpcore network backend, so the pool it built (no
+    # connection opened yet) is replaced by one built as httpx builds it, with ours.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=DeadlineBackend(),
+    )
+    return transport
 
 
 def parse_max_age(header: str | None) -> float | None:

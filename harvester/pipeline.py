@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TypeVar
@@ -71,6 +72,32 @@ class Parsed:
     def holds_children(self) -> bool:
         """The page has a ScheduledSession or Slot."""
         return "child" in self.roles
+
+
+class ParseBudget:
+    """How many large pages are parsed at once in this process.
+
+    Parsing takes about six times a page's size at its peak (the JSON parser's tree, the
+    items, their rows), and each feed in flight parses its next page while the last is
+    written: with four workers and pages at the cap, that alone is ~200 MB. Pages from
+    `large_bytes` up take one of `slots` turns; the usual small pages never wait.
+    """
+
+    def __init__(self, slots: int = 1, large_bytes: int = 1024 * 1024) -> None:
+        self.large_bytes = large_bytes
+        self.turns = threading.BoundedSemaphore(slots)
+
+    @contextmanager
+    def slot(self, size: int) -> Iterator[None]:
+        """Hold a turn while a page of `size` bytes is parsed, if it is a large one."""
+        if size < self.large_bytes:
+            yield
+            return
+        with self.turns:
+            yield
+
+
+LARGE_PARSES = ParseBudget()
 
 
 @dataclass
@@ -196,9 +223,10 @@ class Harvester:
         for attempt in retrying(self.settings, self.sleep, self.stopping):
             with attempt:
                 response = self.fetcher.get(url, source.headers)
-                page = rpde.parse_page(url, response.body)
-        rpde.check_origin(feed.url, page.next_url)
-        return Parsed.of(page, response.max_age)
+                with LARGE_PARSES.slot(len(response.body)):
+                    parsed = Parsed.of(rpde.parse_page(url, response.body), response.max_age)
+        rpde.check_origin(feed.url, parsed.next_url)
+        return parsed
 
     def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> tuple[FeedRow, Parsed]:
         """Commit the page and the feed's new position in one transaction.
