@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
-from harvester.errors import ForeignNextUrl, InvalidPage
+from harvester.errors import ForeignNextUrl, HarvesterError, InvalidPage
 
 STATES = ("updated", "deleted")
 RAW_EXCERPT_CHARS = 2_000  # how much of a broken item is kept to show the operator
@@ -200,7 +200,7 @@ def repair_item(raw: Any) -> Any:
         return Unusable(raw, str(exc))
 
 
-class _CannotRepair(Exception):
+class _CannotRepair(HarvesterError):
     """Raised inside `_repair` for a value no repair can make storable."""
 
 
