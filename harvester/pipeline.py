@@ -110,6 +110,13 @@ class Progress:
     caught_up: bool = False
     max_age: float | None = None
     last_page_at: float = 0.0  # time.monotonic()
+    started_at: float = field(default_factory=time.monotonic)
+    waited: float = 0.0  # seconds spent giving way to the source's parent feeds
+
+    @property
+    def working_seconds(self) -> float:
+        """Seconds of the harvest so far, less its waits for parent feeds."""
+        return max(0.0, time.monotonic() - self.started_at - self.waited)
 
 
 class ParentsFirst:
@@ -187,9 +194,12 @@ class Harvester:
     def harvest(self, feed: FeedRow) -> Progress:
         """Harvest `feed` until its last page, shutdown, or an error (raised)."""
         try:
-            return self.harvest_pages(feed)
+            progress = self.harvest_pages(feed)
         finally:
             self.parents_first.mark(feed, busy=False)
+        if progress.items or progress.pages > 1:  # not a mere poll of a last page
+            log_harvest(feed, progress)
+        return progress
 
     def harvest_pages(self, feed: FeedRow) -> Progress:
         """The page loop of `harvest`: the next page is fetched while this one is written."""
@@ -205,17 +215,23 @@ class Harvester:
             if not last:
                 url = parsed.next_url
                 pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
-            self.give_way(feed, parsed, last, patience)
+            progress.waited += self.give_way(feed, parsed, last, patience)
             feed, parsed = self.write(feed, parsed, last)
             self.count(feed, progress, parsed, last)
             if last or self.stopping():
                 return progress
 
-    def give_way(self, feed: FeedRow, parsed: Parsed, last: bool, until: float) -> None:
-        """Parents go first: mark a parent feed busy, or let a page of children wait."""
+    def give_way(self, feed: FeedRow, parsed: Parsed, last: bool, until: float) -> float:
+        """Parents go first: mark a parent feed busy, or let a page of children wait.
+
+        Returns the seconds waited.
+        """
         self.parents_first.saw(feed, parsed, last)
-        if parsed.holds_children and not parsed.holds_parents:
-            self.parents_first.wait(feed.source, until, self.stopping)
+        if not parsed.holds_children or parsed.holds_parents:
+            return 0.0
+        started = time.monotonic()
+        self.parents_first.wait(feed.source, until, self.stopping)
+        return time.monotonic() - started
 
     def fetch_parsed(self, feed: FeedRow, url: str) -> Parsed:
         """Fetch (with bounded retries), check and convert one page."""
@@ -284,6 +300,19 @@ class Harvester:
         )  # fmt: skip
         if self.on_page is not None:
             self.on_page(feed, progress)
+
+
+def log_harvest(feed: FeedRow, progress: Progress) -> None:
+    """One INFO record per harvest that brought pages: what it did and how fast."""
+    seconds = progress.working_seconds
+    logger.info(
+        "%s: %d pages, %d items in %.1f s (%.0f items/s)%s", feed.url, progress.pages,
+        progress.items, seconds, progress.items / max(seconds, 1e-6),
+        ", caught up" if progress.caught_up else "",
+        extra={"event": "feed_harvested", "feed": feed.url, "pages": progress.pages,
+               "items": progress.items, "seconds": round(seconds, 3),
+               "waited": round(progress.waited, 3), "caught_up": progress.caught_up},
+    )  # fmt: skip
 
 
 def run_in_background(function: Callable[[], T]) -> Future[T]:
