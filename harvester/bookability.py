@@ -1,10 +1,13 @@
 """What an item says about bookability, as pure functions of its data.
 
 Children (ScheduledSession, Slot) and parents (SessionSeries, FacilityUse,
-IndividualFacilityUse) are read here into flat facts. The store joins them and turns
-them into a booking window per child (a tstzrange), so the answer for any instant is
-an index lookup and never goes stale as the clock moves. `booking_window` is the same
-rule in Python, for tests and for explaining a single child.
+IndividualFacilityUse) are read here into flat facts, and the booking window of rules 4-5
+is computed here (`window_bounds`). `records.join` joins a child to its parent with these
+rules, on every write and every re-join, and the store keeps the window as a tstzrange,
+so the answer for any instant is an index lookup and never goes stale as the clock moves.
+The only reasons a child is not bookable are the contract's six rules and the shape
+faults they imply (no startDate, a date without a timezone, a duration that does not
+parse); a child without an @id or an identifier is bookable (its checkout URL is null).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
     own_id, identifier = id_of(data), identifier_of(data.get("identifier"))
     return Child(  # by position: keywords cost a NamedTuple a third more
         item_type, own_id, identifier, start, end, reference_of(reference),
-        start_problem or _child_problem(data, own_id, identifier),
+        start_problem or child_problem(data),
         embedded_type(item_type, embedded),
         read_offer(embedded) if embedded is not None else None,
     )
@@ -140,15 +143,7 @@ def read_parent(item_type: str, data: dict[str, Any]) -> Parent:
 
 
 def child_problem(data: dict[str, Any]) -> str | None:
-    """Rules 1 and 6 on the child itself, and the fields a checkout needs."""
-    return _child_problem(data, id_of(data), identifier_of(data.get("identifier")))
-
-
-def _child_problem(data: dict[str, Any], own_id: str | None, identifier: str | None) -> str | None:
-    if not own_id:
-        return "no @id"
-    if identifier is None:
-        return "no identifier"
+    """Rules 1 and 6 on the child itself."""
     if not is_flag_true(data):
         return "not potentially bookable"
     if is_stopped(data.get("eventStatus")):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -17,9 +19,11 @@ ROW_COLUMNS = (
     "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
     "through_months", "through_micros", "refs", "start_offset",
 )  # fmt: skip
-# A staged row: the facts, then the child's resolved parent and booking window.
-STAGING_COLUMNS = (*ROW_COLUMNS, "parent_kind", "parent_rpde_id", "bookable_from",
-                   "bookable_until")  # fmt: skip
+# What joining a child to its parent decides (`join`): the parent, the booking window, and
+# the reason, fixed until the child or its parent changes, why it is never bookable.
+JOINED_COLUMNS = ("parent_kind", "parent_rpde_id", "bookable_from", "bookable_until", "reason")
+# A staged row: the facts, then what the join decided.
+STAGING_COLUMNS = (*ROW_COLUMNS, *JOINED_COLUMNS)
 Row = tuple[Any, ...]
 KIND, RPDE_ID, DELETED, MODIFIED, MODIFIED_TEXT = range(5)
 DATA = ROW_COLUMNS.index("data")
@@ -34,7 +38,12 @@ REFS = ROW_COLUMNS.index("refs")
 _EMPTY_CHILD = (None,) * 8
 _NO_DATA = (None,) * (len(ROW_COLUMNS) - 5)
 _EMPTY_OFFER = (None,) * 5
-_UNJOINED = (None,) * 4
+_UNJOINED = (None,) * len(JOINED_COLUMNS)
+_NO_PARENT = (None, None)
+# The reasons a join gives (the contract's rules 2-5); the child's own come from bookability.
+PARENT_NOT_HELD = "parent not held"
+NO_PARENT_REFERENCE = "no parent reference"
+EMPTY_WINDOW = "booking window is empty"
 # Refs are indexed: a parent named by a longer one cannot be joined to (rpde.MAX_ID_BYTES).
 PARENT_REF_TOO_LONG = f"parent reference longer than {rpde.MAX_ID_BYTES} bytes"
 
@@ -105,21 +114,49 @@ def stage(row: Row) -> Row:
 
 
 def join_child(row: Row, parent: Row | None) -> Row:
-    """The staged row of a child joined to its published parent (rules 2-5), if one is held.
+    """The staged row of a child joined to its published parent, if one is held (`join`)."""
+    return row + join(row[START_DATE], row[PROBLEM], row[PARENT_REF], row[EMBEDDED_TYPE],
+                      row[OFFER], parent)  # fmt: skip
 
-    `parent` is (kind, rpde_id, offer_problem, from_months, from_micros, through_months,
-    through_micros); with none, the child's embedded parent, if any, gives the offer.
+
+def join(
+    start: datetime | None, problem: str | None, parent_ref: str | None,
+    embedded_type: str | None, embedded_offer: Row, parent: Row | None,
+) -> Row:  # fmt: skip
+    """Rules 2-5 for one child, the one home of them: the JOINED_COLUMNS of the child.
+
+    `parent` is the published parent its reference resolves to, as (kind, rpde_id,
+    offer_problem, from_months, from_micros, through_months, through_micros), or None;
+    a published parent beats an embedded one, which stands in when none is held (rule 2).
+    Every write of a child and every re-join after a parent changes comes through here.
     """
     if parent is not None:
-        offer_ok, offer = parent[2] is None, parent[2:]
+        key, offer = parent[:2], parent[2:]
+    elif embedded_type is not None:
+        key, offer = _NO_PARENT, embedded_offer
     else:
-        offer_ok, offer = row[EMBEDDED_TYPE] is not None and row[OFFER][0] is None, row[OFFER]
-    window = None
-    start = row[START_DATE]
-    if offer_ok and row[PROBLEM] is None and start is not None:
-        window = bookability.window_bounds(start, offer[1], offer[2] or 0, offer[3], offer[4] or 0)
-    parent_key = parent[:2] if parent is not None else (None, None)
-    return row + parent_key + (window or (None, None))
+        return (*_NO_PARENT, None, None,
+                problem or (PARENT_NOT_HELD if parent_ref else NO_PARENT_REFERENCE))  # fmt: skip
+    reason = problem or offer[0]
+    if reason is not None or start is None:
+        return (*key, None, None, reason)
+    window = bookability.window_bounds(start, offer[1], offer[2] or 0, offer[3], offer[4] or 0)
+    if window is None:
+        return (*key, None, None, EMPTY_WINDOW)
+    return (*key, *window, None)
+
+
+def on_own_clock(moment: datetime | None, utc_offset: int | None) -> datetime | None:
+    """A start date read back from the database (UTC) on the clock it was written with,
+    where calendar months of a booking window count (bookability.window_bounds)."""
+    if moment is None or utc_offset is None:
+        return moment
+    return moment.astimezone(_zone(utc_offset))
+
+
+@functools.cache
+def _zone(utc_offset: int) -> timezone:
+    return timezone(timedelta(seconds=utc_offset))
 
 
 def offer_fields(offer: bookability.Offer) -> Row:

@@ -102,8 +102,6 @@ items = Table(
     Column("parent_ref", Text),  # superEvent / facilityUse @id
     Column("problem", Text),  # why this item itself cannot be booked
     Column("checkout_path", Text),
-    # Written by revision 0004's workers only: bookable_at builds it from the source's prefix.
-    Column("checkout_url", Text),
     Column("embedded_type", Text),  # a child's embedded parent's type
     # The publicAdult offer: a parent's own, or a child's embedded parent's.
     *offer_columns(),
@@ -111,6 +109,7 @@ items = Table(
     Column("parent_kind", Text),  # a child's resolved published parent
     Column("parent_rpde_id", Text),
     Column("bookable", TSTZRANGE),  # when this child can be booked; NULL: never
+    Column("reason", Text),  # when never: why (records.join); read by opportunity_status
     PrimaryKeyConstraint("source", "kind", "rpde_id"),
     # bookable_at(T) reads it from T on: a window always closes by its start date.
     Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),

@@ -77,7 +77,7 @@ STAGING_TYPES = (
     "text", "text", "timestamptz", "timestamptz", "text", "text",
     "text", "text", "text", "integer", "bigint",
     "integer", "bigint", "text[]", "integer",
-    "text", "text", "timestamptz", "timestamptz",
+    "text", "text", "timestamptz", "timestamptz", "text",
 )  # fmt: skip
 STAGING_DDL = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS harvester_staging (
@@ -116,44 +116,16 @@ class ParentCache:
             return held[1]
 
 
-def window_inputs_sql(child: str) -> str:
-    """The window's inputs as plain columns: the published parent's offer, else the embedded one.
-
-    They are computed in a MATERIALIZED step so `harvester.booking_window` receives column
-    references: given CASE expressions, PostgreSQL stops inlining the SQL functions and
-    calls them per row (about 14 us each, half the cost of a page's upsert).
-    """
-
-    def pick(column: str) -> str:
-        return (
-            f"CASE WHEN par.parent_kind IS NOT NULL THEN par.{column} "
-            f"ELSE {child}.{column} END AS w_{column}"
-        )
-
-    offer_ok = (
-        f"CASE WHEN par.parent_kind IS NOT NULL THEN par.offer_problem IS NULL "
-        f"ELSE {child}.embedded_type IS NOT NULL AND {child}.offer_problem IS NULL END"
-    )
-    picks = ", ".join(
-        pick(c) for c in ("from_months", "from_micros", "through_months", "through_micros")
-    )
-    return f"{child}.problem IS NULL AS w_child_ok, {offer_ok} AS w_offer_ok, {picks}"
-
-
-def window_sql(row: str) -> str:
-    """The booking window of a row carrying the columns of `window_inputs_sql`."""
-    return (
-        f"harvester.booking_window({row}.start_date, {row}.w_child_ok, {row}.w_offer_ok, "
-        f"{row}.w_from_months, {row}.w_from_micros, {row}.w_through_months, "
-        f"{row}.w_through_micros, {row}.start_offset)"
-    )
+def window_range(lower: str, upper: str) -> str:
+    """The stored form of a booking window [lower, upper): NULL when there is none."""
+    return f"CASE WHEN {upper} IS NOT NULL THEN tstzrange({lower}, {upper}, '[)') END"
 
 
 ITEM_COLUMNS = (
     "modified", "modified_text", "type", "role", "item_id", "identifier", "start_date",
     "end_date", "parent_ref", "problem", "checkout_path", "embedded_type", "offer_problem",
     "from_months", "from_micros", "through_months", "through_micros", "refs", "start_offset",
-    "parent_kind", "parent_rpde_id",
+    "parent_kind", "parent_rpde_id", "reason",
 )  # fmt: skip
 
 # Staged rows of one role ('child' or not) into items; a held row is replaced only by a
@@ -164,8 +136,7 @@ INSERT INTO harvester.items AS i (
     source, kind, rpde_id, feed_id, data, seen_generation, updated_at,
     bookable, {", ".join(ITEM_COLUMNS)})
 SELECT :source, s.kind, s.rpde_id, :feed_id, s.data::jsonb, :generation, now(),
-       CASE WHEN s.bookable_until IS NOT NULL
-            THEN tstzrange(s.bookable_from, s.bookable_until, '[)') END,
+       {window_range("s.bookable_from", "s.bookable_until")},
        {", ".join("s." + c for c in ITEM_COLUMNS)}
 FROM harvester_staging AS s
 WHERE (s.role = 'child') = :children
@@ -236,30 +207,33 @@ FROM unnest(CAST(:refs AS text[]), CAST(:kinds AS text[]), CAST(:ids AS text[]),
 ON CONFLICT DO NOTHING
 """
 
-# A parent changed: recompute only the children naming one of its refs (rule 2).
+# A parent changed: the children naming one of its refs are read, joined again in Python
+# (records.join, the one home of rules 2-5) and written back where the join changed.
 # The children of each ref are found by one index probe per ref (a lateral join): given
 # `parent_ref = ANY(:refs)` and a table not yet analysed in a first harvest, the planner
 # scanned every child of the source for each parent page (3 s a page at 500,000 children).
-RECOMPUTE_CHILDREN = f"""
-WITH resolved AS MATERIALIZED ({RESOLVE_REFS}),
-children AS MATERIALIZED (
-    SELECT k.source, k.kind, k.rpde_id, k.start_date, k.start_offset,
-           par.parent_kind, par.parent_rpde_id, {window_inputs_sql("k")}
-    FROM unnest(CAST(:refs AS text[])) AS q(ref)
-    CROSS JOIN LATERAL (
-        SELECT * FROM harvester.items AS c
-        WHERE c.source = :source AND c.role = 'child' AND c.parent_ref = q.ref
-        OFFSET 0  -- kept a subquery, so it stays one probe per ref, never a join to plan
-    ) AS k
-    LEFT JOIN resolved AS par ON par.ref_id = k.parent_ref
-)
+CHILDREN_OF_REFS = """
+SELECT k.kind, k.rpde_id, k.start_date, k.start_offset, k.problem, k.parent_ref,
+       k.embedded_type, k.offer_problem, k.from_months, k.from_micros, k.through_months,
+       k.through_micros, k.parent_kind, k.parent_rpde_id, lower(k.bookable), upper(k.bookable),
+       k.reason
+FROM unnest(CAST(:refs AS text[])) AS q(ref)
+CROSS JOIN LATERAL (
+    SELECT * FROM harvester.items AS c
+    WHERE c.source = :source AND c.role = 'child' AND c.parent_ref = q.ref
+    OFFSET 0  -- kept a subquery, so it stays one probe per ref, never a join to plan
+) AS k
+"""
+
+REJOIN_CHILDREN = f"""
 UPDATE harvester.items AS c
-SET parent_kind = x.parent_kind, parent_rpde_id = x.parent_rpde_id, bookable = x.bookable
-FROM (SELECT w.*, {window_sql("w")} AS bookable FROM children AS w) AS x
-WHERE c.source = x.source AND c.kind = x.kind AND c.rpde_id = x.rpde_id
-  AND (c.bookable IS DISTINCT FROM x.bookable
-       OR c.parent_kind IS DISTINCT FROM x.parent_kind
-       OR c.parent_rpde_id IS DISTINCT FROM x.parent_rpde_id)
+SET parent_kind = u.parent_kind, parent_rpde_id = u.parent_rpde_id,
+    bookable = {window_range("u.bookable_from", "u.bookable_until")}, reason = u.reason
+FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS text[]), CAST(:parent_kinds AS text[]),
+            CAST(:parent_ids AS text[]), CAST(:froms AS timestamptz[]),
+            CAST(:untils AS timestamptz[]), CAST(:reasons AS text[]))
+     AS u(kind, rpde_id, parent_kind, parent_rpde_id, bookable_from, bookable_until, reason)
+WHERE c.source = :source AND c.kind = u.kind AND c.rpde_id = u.rpde_id
 """
 
 HOLDS_PARENT = """
@@ -513,7 +487,33 @@ def refresh_parents(
     added = add_parent_refs(conn, source, new_parents)
     refs = sorted(set(dropped) | set(added))
     if refs:
-        run(conn, RECOMPUTE_CHILDREN, {"source": source, "refs": refs})
+        rejoin_children(conn, source, refs)
+
+
+def rejoin_children(conn: Connection, source: str, refs: list[str]) -> int:
+    """Join again the children naming these refs; write back those whose join changed.
+
+    Returns how many were rewritten.
+    """
+    params = {"source": source, "refs": refs}
+    children = run(conn, CHILDREN_OF_REFS, params).fetchall()
+    if not children:
+        return 0
+    resolved = {row[0]: row[1:] for row in run(conn, RESOLVE_REFS, params)}
+    changed = []
+    for child in children:
+        start, offset, *facts = child[2:12]
+        start = records.on_own_clock(start, offset)
+        joined = records.join(start, facts[0], facts[1], facts[2], tuple(facts[3:8]),
+                              resolved.get(facts[1]))  # fmt: skip
+        if joined != tuple(child[12:17]):
+            changed.append((child[0], child[1], *joined))
+    if changed:
+        names = ("kinds", "ids", "parent_kinds", "parent_ids", "froms", "untils", "reasons")
+        transposed = zip(*changed, strict=True)
+        columns = {name: list(values) for name, values in zip(names, transposed, strict=True)}
+        run(conn, REJOIN_CHILDREN, {"source": source, **columns})
+    return len(changed)
 
 
 def add_parent_refs(conn: Connection, source: str, parents: Sequence[Row]) -> list[str]:

@@ -303,7 +303,7 @@ CASES = {
     # Shapes kept aside.
     "no startDate": s_case(session(startDate=ABSENT), series(band())),
     "no timezone": s_case(session(startDate="2030-03-31T10:00:00"), series(band())),
-    "no identifier": s_case(session(identifier=ABSENT), series(band())),
+    "no identifier": s_case(session(identifier=ABSENT), series(band())),  # bookable: no rule
     "numeric identifier": s_case(session(identifier=310000001), series(band())),
     # Slots: on the FacilityUse itself, on an individual court, and with the kind's type only.
     "slot on facility": f_case(slot(), facility(band(validFromBeforeStartDate="P1W"))),
@@ -731,14 +731,21 @@ def test_sources_do_not_join_across(engine: Engine) -> None:
     assert [(row.source, row.id, row.checkout_url) for row in rows] == [("beta", child_id, None)]
 
 
-def test_opportunity_status_reasons(engine: Engine) -> None:
-    """Each held child not bookable now says why; bookable ones have no reason."""
+@pytest.mark.parametrize("children_first", [False, True], ids=["parents-first", "children-first"])
+def test_opportunity_status_reasons(engine: Engine, children_first: bool) -> None:
+    """Each held child not bookable now says why; bookable ones have no reason. The same
+    whether the children arrive before their parents or after: one join decides both."""
     harness = Harness(engine)
-    harness.upsert("series", "p1", series(band(validFromBeforeStartDate="P1W")))
-    harness.upsert("series", "p2", series(None, own_id=f"{HOST}/session-series/2"))
-    harness.upsert("series", "p3", series(band(flag=False), own_id=f"{HOST}/session-series/3"))
-    harness.upsert("series", "p4", series(band(validFromBeforeStartDate="soon"),
-                                          own_id=f"{HOST}/session-series/4"))  # fmt: skip
+
+    def write_parents() -> None:
+        harness.upsert("series", "p1", series(band(validFromBeforeStartDate="P1W")))
+        harness.upsert("series", "p2", series(None, own_id=f"{HOST}/session-series/2"))
+        harness.upsert("series", "p3", series(band(flag=False), own_id=f"{HOST}/session-series/3"))
+        harness.upsert("series", "p4", series(band(validFromBeforeStartDate="soon"),
+                                              own_id=f"{HOST}/session-series/4"))  # fmt: skip
+
+    if not children_first:
+        write_parents()
     children = {
         1: (session(1, startDate=soon(2)), None),
         2: (session(2, startDate=soon(30)), "booking window not open yet"),
@@ -754,10 +761,12 @@ def test_opportunity_status_reasons(engine: Engine) -> None:
             "parent publicAdult not potentially bookable"),
         10: (session(10, startDate=soon(2), superEvent=f"{HOST}/session-series/4"),
              "parent validFromBeforeStartDate is not an ISO 8601 duration"),
-        11: (session(11, startDate=soon(2), identifier=ABSENT), "no identifier"),
+        11: (session(11, startDate=soon(2), identifier=ABSENT), None),  # no rule asks for one
         12: (session(12, startDate=ABSENT), "no startDate"),
     }
     harness.write("sessions", [updated("sessions", f"c{n}", d) for n, (d, _) in children.items()])
+    if children_first:
+        write_parents()
     got = status(engine)
     expected = {
         ("src", f"{HOST}/scheduled-sessions/{n}"): (reason is None, reason)

@@ -54,7 +54,7 @@ FROM harvester.items WHERE role = 'parent'
 LOAD_CHILDREN = f"""
 INSERT INTO harvester.items (
     source, kind, rpde_id, feed_id, data, type, role, item_id, identifier, start_date,
-    end_date, parent_ref, problem, checkout_path, checkout_url, parent_kind,
+    end_date, parent_ref, problem, checkout_path, parent_kind,
     parent_rpde_id, start_offset, bookable)
 SELECT :source, 'ScheduledSession', 's' || i, :sessions_feed,
        jsonb_build_object('@type', 'ScheduledSession', '@id', '{HOST}/sessions/' || i,
@@ -62,10 +62,10 @@ SELECT :source, 'ScheduledSession', 's' || i, :sessions_feed,
        'ScheduledSession', 'child', '{HOST}/sessions/' || i, i::text, start,
        start + interval '1 hour', '{HOST}/session-series/' || (i % :parents),
        CASE WHEN i % 10 = 3 THEN 'not potentially bookable' END,
-       'v1/scheduled-sessions/' || i, 'https://checkout.example/v1/scheduled-sessions/' || i,
+       'v1/scheduled-sessions/' || i,
        'SessionSeries', 'p' || (i % :parents), 0,
-       harvester.booking_window(start, i % 10 <> 3, (i % :parents) % 10 <> 0,
-                                0, {WEEK_MICROS}, NULL, NULL, 0)
+       CASE WHEN i % 10 <> 3 AND (i % :parents) % 10 <> 0
+            THEN tstzrange(start - {WEEK_MICROS} * interval '1 microsecond', start, '[)') END
 FROM (SELECT i, CAST(:at AS timestamptz) - interval '365 days'
                  + (i * 730.0 / :children) * interval '1 day'
                  + (i % 97) * interval '1 minute' AS start
@@ -216,11 +216,11 @@ def test_bookable_now_first_page_uses_an_index(loaded: Loaded) -> None:
 
 
 def test_parent_change_recomputes_through_the_parent_ref_index(loaded: Loaded) -> None:
-    """store.RECOMPUTE_CHILDREN for a few refs finds the children by ix_items_parent_ref."""
+    """store.CHILDREN_OF_REFS for a few refs finds the children by ix_items_parent_ref."""
     refs = [f"{HOST}/session-series/{i}" for i in (1, 2, 10)]
     with loaded.engine.connect() as conn:
-        plan = explain(conn, store.RECOMPUTE_CHILDREN, {"source": SOURCE, "refs": refs},
-                       "store.RECOMPUTE_CHILDREN (3 refs)")  # fmt: skip
+        plan = explain(conn, store.CHILDREN_OF_REFS, {"source": SOURCE, "refs": refs},
+                       "store.CHILDREN_OF_REFS (3 refs)")  # fmt: skip
     print(summary(plan))
     assert seq_scans_of_items(plan) == []
     assert "ix_items_parent_ref" in indexes_used(plan)
@@ -235,11 +235,11 @@ def test_recompute_changes_only_that_parents_children(loaded: Loaded) -> None:
                           " WHERE source = :s AND rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
         conn.execute(text("UPDATE harvester.parent_refs SET offer_problem = 'broken'"
                           " WHERE source = :s AND parent_rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
-        changed = conn.execute(text(store.RECOMPUTE_CHILDREN), {"source": SOURCE, "refs": [ref]})
+        changed = store.rejoin_children(conn, SOURCE, [ref])
         still = conn.execute(
             text("SELECT count(*) FROM harvester.items WHERE parent_ref = :r"
                  " AND bookable IS NOT NULL"), {"r": ref},
         ).scalar_one()  # fmt: skip
         conn.rollback()
-    assert changed.rowcount == CHILDREN // PARENTS  # series 7's children all had a window
+    assert changed == CHILDREN // PARENTS  # series 7's children all had a window
     assert still == 0

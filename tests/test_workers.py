@@ -121,8 +121,7 @@ def stale_children(engine: Engine) -> int:
     with engine.connect() as conn:
         refs = conn.execute(text("SELECT array_agg(DISTINCT parent_ref) FROM harvester.items"
                                  " WHERE role = 'child'")).scalar()  # fmt: skip
-        changed = conn.execute(text(store.RECOMPUTE_CHILDREN), {"source": "sample", "refs": refs})
-        count = changed.rowcount
+        count = store.rejoin_children(conn, "sample", refs or [])
         conn.rollback()
     return count
 
