@@ -25,7 +25,6 @@ from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
 from harvester.fetch import Fetcher, retrying
-from harvester.rpde import Rejected
 from harvester.store import FeedRow, PageWrite
 
 logger = logging.getLogger(__name__)
@@ -258,7 +257,7 @@ class Harvester:
             )  # fmt: skip
         write = PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url, last)
         try:
-            self.commit_page(feed, write, one_by_one=False)
+            written = self.commit_page(feed, write, one_by_one=False)
         except DBAPIError as exc:
             if database_fault(exc) != "data":
                 raise
@@ -266,14 +265,12 @@ class Harvester:
                 "%s: the database refused the page (%s); writing it item by item", parsed.url,
                 type(exc.orig or exc).__name__, extra={"event": "page_refused", "feed": feed.url},
             )  # fmt: skip
-            refused = self.commit_page(feed, write, one_by_one=True)
-            parsed = replace(parsed, rejected=[*parsed.rejected, *refused])
-        if last and feed.backfill_generation is not None:
-            feed = replace(feed, generation=feed.backfill_generation, backfill_generation=None)
-        return replace(feed, next_url=parsed.next_url), parsed
+            written = self.commit_page(feed, write, one_by_one=True)
+            parsed = replace(parsed, rejected=[*parsed.rejected, *written.refused])
+        return written.feed, parsed
 
-    def commit_page(self, feed: FeedRow, write: PageWrite, *, one_by_one: bool) -> list[Rejected]:
-        """One transaction: the page's rows and the feed's position; the rows refused."""
+    def commit_page(self, feed: FeedRow, write: PageWrite, *, one_by_one: bool) -> store.Written:
+        """One transaction: the page's rows and the feed's position."""
         with self.engine.begin() as conn:
             return store.write_page(
                 conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Connection, Engine, event, text
@@ -65,6 +65,13 @@ class PageWrite:
     page_url: str
     next_url: str
     caught_up: bool
+
+
+class Written(NamedTuple):
+    """What a page write did: the feed's new row, and the rows the database refused."""
+
+    feed: FeedRow
+    refused: list[Rejected]
 
 
 SOURCE_LOCK = 7310  # advisory lock class of page writes, keyed by the source's name hash
@@ -269,6 +276,7 @@ SET next_url = :next_url, pages = pages + 1, items_written = items_written + :co
 WHERE id = :feed_id AND next_url = :expected_url AND generation = :read_generation
   AND backfill_generation IS NOT DISTINCT FROM CAST(:read_backfill AS integer)
   AND (CAST(:owner AS text) IS NULL OR lease_owner = :owner)
+RETURNING id, source, url, next_url, state, generation, backfill_generation, retry_at
 """
 
 RECORD_REJECTED = """
@@ -327,12 +335,12 @@ def wrap_error(conn: Connection, sql: str, exc: psycopg.Error) -> BaseException:
 def write_page(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None = None,
     lease_seconds: float = 15.0, parents: ParentCache | None = None, one_by_one: bool = False,
-) -> list[Rejected]:
+) -> Written:
     """Apply one page and move the feed's position, atomically (the caller commits).
 
     With `one_by_one` (for a page the database refused as a whole), each row is applied
     under its own savepoint, and a row refused for its data is set aside with the
-    database's reason; the rows set aside so are returned.
+    database's reason. Returns the feed's new row and the rows set aside so.
     """
     finishing = page.caught_up and feed.backfill_generation is not None
     exclusive = finishing or any(row[ROLE] == "parent" for row in page.rows)
@@ -350,8 +358,9 @@ def write_page(
     record_rejected(conn, feed.id, page.page_url, [*page.rejected, *refused])
     if finishing:
         sweep_unseen(conn, feed)
-    advance_feed(conn, feed, page, owner=owner, finishing=finishing, lease_seconds=lease_seconds)
-    return refused
+    moved = advance_feed(conn, feed, page, owner=owner, finishing=finishing,
+                         lease_seconds=lease_seconds)  # fmt: skip
+    return Written(moved, refused)
 
 
 def apply_rows_one_by_one(
@@ -543,8 +552,8 @@ def sweep_unseen(conn: Connection, feed: FeedRow) -> int:
 def advance_feed(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None, finishing: bool,
     lease_seconds: float,
-) -> None:
-    """Move the feed to `next`, only if nobody else moved it since it was read."""
+) -> FeedRow:
+    """Move the feed to `next`, only if nobody else moved it since it was read; its new row."""
     result = run(
         conn, ADVANCE_FEED,
         {
@@ -555,11 +564,13 @@ def advance_feed(
             "finish_backfill": finishing, "owner": owner, "lease_seconds": lease_seconds,
         },
     )  # fmt: skip
-    if result.rowcount != 1:
+    moved = result.fetchone()
+    if moved is None:
         raise LeaseLost(
             f"feed {feed.id} ({feed.url}) was moved on, backfilled or taken over since this "
             "page was read: the page is dropped and the feed read again"
         )
+    return FeedRow(*moved)
 
 
 def record_rejected(

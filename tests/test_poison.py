@@ -154,7 +154,7 @@ def write(engine: Engine, feed: FeedRow, parsed: Parsed, *, one_by_one: bool = F
     """Commit the page; the rows the database refused."""
     page = PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url, False)
     with engine.begin() as conn:
-        return store.write_page(conn, feed, page, one_by_one=one_by_one)
+        return store.write_page(conn, feed, page, one_by_one=one_by_one).refused
 
 
 def stored(engine: Engine) -> tuple[set[str], list[str], str]:

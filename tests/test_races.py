@@ -8,7 +8,6 @@ drops its page and reads the feed again.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -59,10 +58,7 @@ def commit(
     last = page.is_last
     write = PageWrite(records.to_rows(page.items)[0], page.rejected, page.url, page.next_url, last)
     with engine.begin() as conn:
-        store.write_page(conn, feed, write, owner=owner)
-    if last and feed.backfill_generation is not None:
-        feed = replace(feed, generation=feed.backfill_generation, backfill_generation=None)
-    return replace(feed, next_url=page.next_url)
+        return store.write_page(conn, feed, write, owner=owner).feed
 
 
 def harvest(engine: Engine, feed: FeedRow, items: list[Any], owner: str | None) -> FeedRow:
