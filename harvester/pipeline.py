@@ -25,6 +25,7 @@ from harvester import metrics, records, rpde, store
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
 from harvester.fetch import Fetcher, retrying
+from harvester.readahead import PageStream
 from harvester.store import FeedRow, PageWrite
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ T = TypeVar("T")
 
 # How long, per harvest, a feed of children gives way to its source's parent feeds.
 PARENT_WAIT_SECONDS = 120.0
+# While a feed is behind, the pages already read are committed together, up to this many
+# items: one lock, COPY, upsert, position update and commit for several pages. How far
+# ahead a feed reads is bounded in bytes (a feed of large pages reads one ahead).
+BATCH_ITEMS = 2_000
+READ_AHEAD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,19 @@ class Parsed:
     rows: list[records.Row]
     rejected: list[rpde.Rejected]
     max_age: float | None
+    size: int  # the body's bytes
 
     @classmethod
-    def of(cls, page: rpde.Page, max_age: float | None) -> Parsed:
+    def of(cls, page: rpde.Page, max_age: float | None, size: int) -> Parsed:
         """Turn a checked page into rows; items that cannot be stored join the rejected."""
         rows, unstorable = records.to_rows(page.items)
         return cls(page.url, page.next_url, page.is_last, page.repeats_itself, rows,
-                   [*page.rejected, *unstorable], max_age)  # fmt: skip
+                   [*page.rejected, *unstorable], max_age, size)  # fmt: skip
+
+    @property
+    def ends_feed(self) -> bool:
+        """No page follows: RPDE's last page, or one with items naming itself as next."""
+        return self.is_last or self.repeats_itself
 
     @cached_property
     def roles(self) -> frozenset[str | None]:
@@ -201,32 +213,36 @@ class Harvester:
         return progress
 
     def harvest_pages(self, feed: FeedRow) -> Progress:
-        """The page loop of `harvest`: the next page is fetched while this one is written."""
+        """The page loop of `harvest`: pages are read ahead while the ready ones are written."""
         progress = Progress()
         patience = time.monotonic() + self.parents_first.patience
         self.parents_first.start(feed)
-        pending = run_in_background(lambda: self.fetch_parsed(feed, feed.next_url))
-        while True:
-            parsed = wait_for(pending, self.stopping)
-            if parsed is None:
-                return progress
-            last = parsed.is_last or parsed.repeats_itself
-            if not last:
-                url = parsed.next_url
-                pending = run_in_background(lambda f=feed, u=url: self.fetch_parsed(f, u))
-            progress.waited += self.give_way(feed, parsed, last, patience)
-            feed, parsed = self.write(feed, parsed, last)
-            self.count(feed, progress, parsed, last)
-            if last or self.stopping():
-                return progress
+        stream = PageStream(lambda url: self.fetch_parsed(feed, url), feed.next_url,
+                            self.stopping, READ_AHEAD_BYTES)  # fmt: skip
+        try:
+            while not self.stopping():
+                batch = take_batch(stream)
+                if not batch:
+                    break
+                progress.waited += self.give_way(feed, batch, patience)
+                feed, batch = self.write(feed, batch)
+                for parsed in batch:
+                    self.count(feed, progress, parsed, parsed.ends_feed)
+                if batch[-1].ends_feed:
+                    break
+        finally:
+            stream.close()
+        return progress
 
-    def give_way(self, feed: FeedRow, parsed: Parsed, last: bool, until: float) -> float:
-        """Parents go first: mark a parent feed busy, or let a page of children wait.
+    def give_way(self, feed: FeedRow, batch: list[Parsed], until: float) -> float:
+        """Parents go first: mark a parent feed busy, or let pages of children wait.
 
         Returns the seconds waited.
         """
-        self.parents_first.saw(feed, parsed, last)
-        if not parsed.holds_children or parsed.holds_parents:
+        for parsed in batch:
+            self.parents_first.saw(feed, parsed, parsed.ends_feed)
+        children = any(parsed.holds_children for parsed in batch)
+        if not children or any(parsed.holds_parents for parsed in batch):
             return 0.0
         started = time.monotonic()
         self.parents_first.wait(feed.source, until, self.stopping)
@@ -238,42 +254,48 @@ class Harvester:
         for attempt in retrying(self.settings, self.sleep, self.stopping):
             with attempt:
                 response = self.fetcher.get(url, source.headers)
-                with LARGE_PARSES.slot(len(response.body)):
-                    parsed = Parsed.of(rpde.parse_page(url, response.body), response.max_age)
+                size = len(response.body)
+                with LARGE_PARSES.slot(size):
+                    parsed = Parsed.of(rpde.parse_page(url, response.body), response.max_age, size)
         rpde.check_origin(feed.url, parsed.next_url)
         return parsed
 
-    def write(self, feed: FeedRow, parsed: Parsed, last: bool) -> tuple[FeedRow, Parsed]:
-        """Commit the page and the feed's new position in one transaction.
+    def write(self, feed: FeedRow, batch: list[Parsed]) -> tuple[FeedRow, list[Parsed]]:
+        """Commit the pages and the feed's new position in one transaction.
 
-        A page the database refuses for its data is written again item by item, the
+        Pages the database refuses for their data are written again item by item, the
         refused items set aside: one bad item never costs its page. Returns the moved
-        feed and the page as written (with those items among its rejected).
+        feed and the pages as written (the refused items among the last one's rejected).
         """
-        if parsed.repeats_itself:
-            logger.warning(
-                "%s: page with items names itself as next; treated as the last page", parsed.url,
-                extra={"event": "page_repeats_itself", "feed": feed.url},
-            )  # fmt: skip
-        write = PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url, last)
+        for parsed in batch:
+            if parsed.repeats_itself:
+                logger.warning(
+                    "%s: page with items names itself as next; treated as the last page",
+                    parsed.url, extra={"event": "page_repeats_itself", "feed": feed.url},
+                )  # fmt: skip
+        writes = [PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url,
+                            parsed.ends_feed) for parsed in batch]  # fmt: skip
         try:
-            written = self.commit_page(feed, write, one_by_one=False)
+            written = self.commit_pages(feed, writes, one_by_one=False)
         except DBAPIError as exc:
             if database_fault(exc) != "data":
                 raise
             logger.warning(
-                "%s: the database refused the page (%s); writing it item by item", parsed.url,
+                "%s: the database refused the page (%s); writing it item by item", batch[0].url,
                 type(exc.orig or exc).__name__, extra={"event": "page_refused", "feed": feed.url},
             )  # fmt: skip
-            written = self.commit_page(feed, write, one_by_one=True)
-            parsed = replace(parsed, rejected=[*parsed.rejected, *written.refused])
-        return written.feed, parsed
+            written = self.commit_pages(feed, writes, one_by_one=True)
+            last = batch[-1]
+            batch = [*batch[:-1], replace(last, rejected=[*last.rejected, *written.refused])]
+        return written.feed, batch
 
-    def commit_page(self, feed: FeedRow, write: PageWrite, *, one_by_one: bool) -> store.Written:
-        """One transaction: the page's rows and the feed's position."""
+    def commit_pages(
+        self, feed: FeedRow, writes: list[PageWrite], *, one_by_one: bool
+    ) -> store.Written:
+        """One transaction: the pages' rows and the feed's position."""
         with self.engine.begin() as conn:
-            return store.write_page(
-                conn, feed, write, owner=self.owner, lease_seconds=self.settings.lease_seconds,
+            return store.write_pages(
+                conn, feed, writes, owner=self.owner, lease_seconds=self.settings.lease_seconds,
                 parents=self.parent_cache, one_by_one=one_by_one,
             )  # fmt: skip
 
@@ -297,6 +319,27 @@ class Harvester:
         )  # fmt: skip
         if self.on_page is not None:
             self.on_page(feed, progress)
+
+
+def take_batch(stream: PageStream[Parsed]) -> list[Parsed]:
+    """The next page, and those already read after it, up to BATCH_ITEMS items in all.
+
+    A batch ends at a feed's end and at a large page (LARGE_PARSES): large pages are not
+    gathered, so memory stays that of one written page and one read ahead.
+    """
+    first = stream.take()
+    if first is None:
+        return []
+    batch, items = [first], len(first.rows)
+    while not batch[-1].ends_feed and batch[-1].size < LARGE_PARSES.large_bytes:
+        following = stream.take_ready()
+        if following is None:
+            break
+        batch.append(following)
+        items += len(following.rows)
+        if items >= BATCH_ITEMS or following.size >= LARGE_PARSES.large_bytes:
+            break
+    return batch
 
 
 def log_harvest(feed: FeedRow, progress: Progress) -> None:
@@ -324,13 +367,3 @@ def run_in_background(function: Callable[[], T]) -> Future[T]:
 
     threading.Thread(target=target, name="harvester-fetch", daemon=True).start()
     return future
-
-
-def wait_for(future: Future[T], stopping: Callable[[], bool]) -> T | None:
-    """The future's result, or None if shutdown is asked for first."""
-    while not stopping():
-        try:
-            return future.result(timeout=0.2)
-        except TimeoutError:
-            continue
-    return None

@@ -263,7 +263,7 @@ RETURNING role, kind, rpde_id
 # not be undone by a stale page), and, for a worker with an owner, its own lease.
 ADVANCE_FEED = """
 UPDATE harvester.feeds
-SET next_url = :next_url, pages = pages + 1, items_written = items_written + :count,
+SET next_url = :next_url, pages = pages + :pages, items_written = items_written + :count,
     last_page_at = now(), retry_at = NULL,
     state = CASE WHEN backfill_generation IS NOT NULL AND NOT :finish_backfill
                  THEN 'backfilling' ELSE :state END,
@@ -336,31 +336,57 @@ def write_page(
     conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None = None,
     lease_seconds: float = 15.0, parents: ParentCache | None = None, one_by_one: bool = False,
 ) -> Written:
-    """Apply one page and move the feed's position, atomically (the caller commits).
+    """Apply one page and move the feed's position, atomically (the caller commits)."""
+    return write_pages(conn, feed, [page], owner=owner, lease_seconds=lease_seconds,
+                       parents=parents, one_by_one=one_by_one)  # fmt: skip
 
-    With `one_by_one` (for a page the database refused as a whole), each row is applied
+
+def write_pages(
+    conn: Connection, feed: FeedRow, pages: Sequence[PageWrite], *, owner: str | None = None,
+    lease_seconds: float = 15.0, parents: ParentCache | None = None, one_by_one: bool = False,
+) -> Written:
+    """Apply consecutive pages and move the feed past the last, atomically (the caller
+    commits): one lock, one COPY and upsert per role, one position update.
+
+    With `one_by_one` (for pages the database refused as a whole), each row is applied
     under its own savepoint, and a row refused for its data is set aside with the
     database's reason. Returns the feed's new row and the rows set aside so.
     """
-    finishing = page.caught_up and feed.backfill_generation is not None
-    exclusive = finishing or any(row[ROLE] == "parent" for row in page.rows)
+    rows, last = latest_rows(pages), pages[-1]
+    finishing = last.caught_up and feed.backfill_generation is not None
+    exclusive = finishing or any(row[ROLE] == "parent" for row in rows)
     lock_source(conn, feed.source, exclusive=exclusive)
     # Asked under the shared lock, while no parent can appear or go: a parent page that
     # commits just before it would otherwise be deleted under a shared lock, beside child
     # pages still joining to it. PostgreSQL breaks the deadlock of two pages upgrading.
-    if not exclusive and deletes_a_parent(conn, feed.source, page.rows):
+    if not exclusive and deletes_a_parent(conn, feed.source, rows):
         lock_source(conn, feed.source, exclusive=True)
     refused: list[Rejected] = []
-    if page.rows and one_by_one:
-        refused = apply_rows_one_by_one(conn, feed, page.rows, parents or ParentCache())
-    elif page.rows:
-        apply_rows(conn, feed, page.rows, parents or ParentCache())
-    record_rejected(conn, feed.id, page.page_url, [*page.rejected, *refused])
+    if rows and one_by_one:
+        refused = apply_rows_one_by_one(conn, feed, rows, parents or ParentCache())
+    elif rows:
+        apply_rows(conn, feed, rows, parents or ParentCache())
+    for page in pages:
+        record_rejected(conn, feed.id, page.page_url,
+                        [*page.rejected, *(refused if page is last else ())])  # fmt: skip
     if finishing:
         sweep_unseen(conn, feed)
-    moved = advance_feed(conn, feed, page, owner=owner, finishing=finishing,
-                         lease_seconds=lease_seconds)  # fmt: skip
+    moved = advance_feed(conn, feed, last.next_url, len(rows), len(pages), last.caught_up,
+                         owner=owner, finishing=finishing, lease_seconds=lease_seconds)  # fmt: skip
     return Written(moved, refused)
+
+
+def latest_rows(pages: Sequence[PageWrite]) -> Sequence[Row]:
+    """The pages' rows, one per item: a later page's version replaces an earlier one's, as
+    writing the pages one by one would (RPDE orders a feed's items oldest first)."""
+    if len(pages) == 1:
+        return pages[0].rows  # a page's own items are unique already (rpde.latest_per_key)
+    latest: dict[tuple[str, str], Row] = {}
+    for page in pages:
+        for row in page.rows:
+            latest.pop((row[KIND], row[RPDE_ID]), None)
+            latest[(row[KIND], row[RPDE_ID])] = row
+    return list(latest.values())
 
 
 def apply_rows_one_by_one(
@@ -550,17 +576,17 @@ def sweep_unseen(conn: Connection, feed: FeedRow) -> int:
 
 
 def advance_feed(
-    conn: Connection, feed: FeedRow, page: PageWrite, *, owner: str | None, finishing: bool,
-    lease_seconds: float,
+    conn: Connection, feed: FeedRow, next_url: str, count: int, pages: int, caught_up: bool, *,
+    owner: str | None, finishing: bool, lease_seconds: float,
 ) -> FeedRow:
-    """Move the feed to `next`, only if nobody else moved it since it was read; its new row."""
+    """Move the feed to `next_url`, only if nobody moved it since it was read; its new row."""
     result = run(
         conn, ADVANCE_FEED,
         {
-            "feed_id": feed.id, "next_url": page.next_url, "expected_url": feed.next_url,
+            "feed_id": feed.id, "next_url": next_url, "expected_url": feed.next_url,
             "read_generation": feed.generation, "read_backfill": feed.backfill_generation,
-            "count": len(page.rows), "caught_up": page.caught_up,
-            "state": "caught_up" if page.caught_up else "harvesting",
+            "count": count, "pages": pages, "caught_up": caught_up,
+            "state": "caught_up" if caught_up else "harvesting",
             "finish_backfill": finishing, "owner": owner, "lease_seconds": lease_seconds,
         },
     )  # fmt: skip

@@ -115,7 +115,7 @@ CASES = {
 
 def parse(body: bytes) -> Parsed:
     """The page as the pipeline turns it into rows."""
-    return Parsed.of(rpde.parse_page(FEED_URL, body), None)
+    return Parsed.of(rpde.parse_page(FEED_URL, body), None, len(body))
 
 
 def body_of(case: Case) -> bytes:

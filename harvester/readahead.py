@@ -1,0 +1,114 @@
+"""A feed's next pages, fetched and parsed in order in the background, a bounded way ahead.
+
+RPDE is sequential within a feed: page n+1's URL is page n's `next`. So one thread walks
+the feed while the writer commits what is ready; when the publisher answers faster than
+pages are written (a feed far behind), several pages are ready at once and the writer
+commits them together. How far ahead it reads is bounded by bytes, so a feed of large
+pages holds no more than one page beyond the one being written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+
+class Page(Protocol):
+    """What the stream needs of a parsed page."""
+
+    @property
+    def next_url(self) -> str:
+        """Where the feed goes on."""
+
+    @property
+    def ends_feed(self) -> bool:
+        """No page follows this one (RPDE's last page, or one naming itself)."""
+
+    @property
+    def size(self) -> int:
+        """Its body's size in bytes, for the read-ahead bound."""
+
+
+P = TypeVar("P", bound=Page)
+
+
+class PageStream(Generic[P]):
+    """The pages of one feed from `first_url` on, read ahead by a daemon thread."""
+
+    def __init__(
+        self, fetch: Callable[[str], P], first_url: str, stopping: Callable[[], bool],
+        ahead_bytes: int,
+    ) -> None:  # fmt: skip
+        self.fetch = fetch
+        self.stopping = stopping
+        self.ahead_bytes = ahead_bytes
+        self.ready: deque[P | BaseException] = deque()
+        self.held = 0  # bytes of the pages in `ready`
+        self.changed = threading.Condition()
+        self.closed = False
+        threading.Thread(
+            target=self.read, args=(first_url,), name="harvester-fetch", daemon=True
+        ).start()
+
+    def read(self, url: str) -> None:
+        """The thread: fetch page after page until the feed's end, an error, or close."""
+        expected = 0  # the last page's size: the next one is likely alike
+        while self.room_for(expected):
+            try:
+                page = self.fetch(url)
+            except BaseException as exc:  # handed to the writer, which raises it
+                self.put(exc, 0)
+                return
+            self.put(page, page.size)
+            if page.ends_feed:
+                return
+            url, expected = page.next_url, page.size
+
+    def room_for(self, size: int) -> bool:
+        """Wait until a page of about `size` bytes fits ahead; False once closed."""
+        with self.changed:
+            while self.ready and self.held + size > self.ahead_bytes:
+                if self.closed or self.stopping():
+                    return False
+                self.changed.wait(0.2)
+            return not (self.closed or self.stopping())
+
+    def put(self, page: P | BaseException, size: int) -> None:
+        """Hand a page (or the error that ended the feed) to the writer."""
+        with self.changed:
+            self.ready.append(page)
+            self.held += size
+            self.changed.notify_all()
+
+    def take(self) -> P | None:
+        """The next page, waiting for it; None on shutdown. Raises what ended the feed."""
+        with self.changed:
+            while not self.ready:
+                if self.stopping():
+                    return None
+                self.changed.wait(0.2)
+            return self.pop()
+
+    def take_ready(self) -> P | None:
+        """The next page if it is already read, else None (an error waits for `take`)."""
+        with self.changed:
+            if not self.ready or isinstance(self.ready[0], BaseException):
+                return None
+            return self.pop()
+
+    def pop(self) -> P:
+        """The first ready entry, under the lock; raised if it is an error."""
+        entry = self.ready.popleft()
+        if isinstance(entry, BaseException):
+            raise entry
+        self.held -= entry.size
+        self.changed.notify_all()
+        return entry
+
+    def close(self) -> None:
+        """Stop reading ahead (the thread ends after the request in flight)."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
