@@ -14,7 +14,7 @@ from harvester.rpde import Item, Rejected
 
 # The columns of a row as `to_row` returns them: the item's own facts.
 ROW_COLUMNS = (
-    "kind", "rpde_id", "deleted", "modified", "modified_text", "data", "type", "role",
+    "kind", "rpde_id", "modified", "modified_text", "data", "type", "role",
     "item_id", "identifier", "start_date", "end_date", "parent_ref", "problem",
     "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
     "through_months", "through_micros", "refs", "start_offset",
@@ -25,7 +25,7 @@ JOINED_COLUMNS = ("parent_kind", "parent_rpde_id", "bookable_from", "bookable_un
 # A staged row: the facts, then what the join decided.
 STAGING_COLUMNS = (*ROW_COLUMNS, *JOINED_COLUMNS)
 Row = tuple[Any, ...]
-KIND, RPDE_ID, DELETED, MODIFIED, MODIFIED_TEXT = range(5)
+KIND, RPDE_ID, MODIFIED, MODIFIED_TEXT = range(4)
 DATA = ROW_COLUMNS.index("data")
 ROLE = ROW_COLUMNS.index("role")
 ITEM_ID = ROW_COLUMNS.index("item_id")
@@ -36,7 +36,7 @@ EMBEDDED_TYPE = ROW_COLUMNS.index("embedded_type")
 OFFER = slice(ROW_COLUMNS.index("offer_problem"), ROW_COLUMNS.index("through_micros") + 1)
 REFS = ROW_COLUMNS.index("refs")
 _EMPTY_CHILD = (None,) * 8
-_NO_DATA = (None,) * (len(ROW_COLUMNS) - 5)
+_NO_DATA = (None,) * (len(ROW_COLUMNS) - 4)  # a tombstone's row: its key and `modified`
 _EMPTY_OFFER = (None,) * 5
 _UNJOINED = (None,) * len(JOINED_COLUMNS)
 _NO_PARENT = (None, None)
@@ -71,15 +71,17 @@ def to_rows_one_by_one(items: list[Item]) -> tuple[list[Row], list[Rejected]]:
 
 
 def to_row(item: Item) -> Row:
-    """The staging row of one item: envelope, then what bookability reads from its data."""
+    """The staging row of one item: envelope, then what bookability reads from its data.
+
+    A tombstone's row has no data (`is_tombstone`): nothing else marks it.
+    """
     data = item.data
     if data is None:
-        return (item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
-                *_NO_DATA)  # fmt: skip
+        return (item.kind, item.id, item.modified_number, item.modified_text, *_NO_DATA)
     item_type = bookability.type_of(item.kind, data)
     if item_type in bookability.CHILD_TYPES:
         return child_row(item, item_type, data)
-    head = (item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
+    head = (item.kind, item.id, item.modified_number, item.modified_text,
             dump_json(data), item_type)  # fmt: skip
     if item_type in bookability.PARENT_TYPES:
         parent = bookability.read_parent(item_type, data)
@@ -100,12 +102,17 @@ def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
         child = child._replace(parent_ref=None, problem=child.problem or PARENT_REF_TOO_LONG)
     offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
     return (
-        item.kind, item.id, item.deleted, item.modified_number, item.modified_text,
+        item.kind, item.id, item.modified_number, item.modified_text,
         dump_json(data), item_type, "child", child.id, child.identifier, child.start_date,
         child.end_date, child.parent_ref, child.problem,
         bookability.checkout_path(item_type, child.identifier), child.embedded_type, *offer,
         None, bookability.utc_offset_seconds(child.start_date),
     )  # fmt: skip
+
+
+def is_tombstone(row: Row) -> bool:
+    """The row deletes its item (RPDE §Deleted items): it alone carries no data."""
+    return row[DATA] is None
 
 
 def stage(row: Row) -> Row:

@@ -21,7 +21,6 @@ from harvester.config import Source
 from harvester.errors import LeaseLost, database_fault
 from harvester.records import (
     DATA,
-    DELETED,
     ITEM_ID,
     KIND,
     MODIFIED,
@@ -80,7 +79,7 @@ PARENT_CACHE_ENTRIES = 150_000  # resolved refs a worker keeps, all sources (~0.
 # The staging table's column types, in the order of records.STAGING_COLUMNS. Rows go in
 # by binary COPY: no text to format in Python, nor to parse in PostgreSQL.
 STAGING_TYPES = (
-    "text", "text", "boolean", "numeric", "text", "text", "text", "text",
+    "text", "text", "numeric", "text", "text", "text", "text",
     "text", "text", "timestamptz", "timestamptz", "text", "text",
     "text", "text", "text", "integer", "bigint",
     "integer", "bigint", "text[]", "integer",
@@ -448,7 +447,7 @@ def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[Row]]:
     others: list[Row] = []
     children: list[Row] = []
     for row in rows:
-        if row[DELETED]:
+        if records.is_tombstone(row):
             tombstones.append(row)
         elif row[ROLE] == "child":
             children.append(row)
@@ -819,7 +818,7 @@ def deletes_a_parent(conn: Connection, source: str, rows: Sequence[Row]) -> bool
     A tombstone carries no data, and kinds are ambiguous (Legend's SessionSeries feed
     says `ScheduledSession.SessionSeries`), so what it deletes is looked up.
     """
-    tombstones = [row for row in rows if row[DELETED]]
+    tombstones = [row for row in rows if records.is_tombstone(row)]
     if not tombstones:
         return False
     params = {

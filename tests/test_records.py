@@ -29,9 +29,10 @@ def test_rows_hold_no_nul_and_clean_rows_are_untouched() -> None:
     (dirty, clean), unstorable = records.to_rows(page.items)
     assert unstorable == []
     assert not any(isinstance(value, str) and "\x00" in value for value in dirty)
-    assert dirty[1] == "a\ufffdb" and dirty[9] == "id\ufffd1"
-    assert dirty[12] == "https://x.example/p\ufffd"
-    assert "\\u0000" not in dirty[5] and "Yoga\ufffd" in dirty[5]
+    column = {name: dirty[index] for index, name in enumerate(records.ROW_COLUMNS)}
+    assert column["rpde_id"] == "a\ufffdb" and column["identifier"] == "id\ufffd1"
+    assert column["parent_ref"] == "https://x.example/p\ufffd"
+    assert "\\u0000" not in column["data"] and "Yoga\ufffd" in column["data"]
     assert clean == records.to_row(page.items[1])
 
 
