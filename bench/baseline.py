@@ -7,7 +7,9 @@ cursor. No derived data: no bookability, no parents, no checkout URLs. The loop 
 at RPDE's last page (no items, and ``next`` equal to the URL just fetched).
 
 ``python bench/baseline.py --database-url URL FEED_URL...`` prints one JSON line:
-``{"items": ..., "pages": ..., "seconds": ...}``.
+``{"items": ..., "pages": ..., "seconds": ..., "feeds": {FEED_URL: {"pages": ...,
+"items": ..., "seconds": ...}, ...}}``, each feed's figures its own (feeds run one after
+the other).
 """
 
 from __future__ import annotations
@@ -109,19 +111,25 @@ def harvest_feed(client: httpx.Client, conn: psycopg.Connection, feed: str) -> t
         url = page["next"]
 
 
-def run(database_url: str, feeds: Sequence[str]) -> dict[str, float]:
-    """Harvest every feed sequentially; the totals and the wall time."""
+def run(database_url: str, feeds: Sequence[str]) -> dict[str, Any]:
+    """Harvest every feed sequentially; the totals, the wall time and each feed's figures."""
     started = time.perf_counter()
-    items = pages = 0
+    per_feed: dict[str, dict[str, float]] = {}
     with psycopg.connect(database_url) as conn, httpx.Client(timeout=60) as client:
         conn.execute(SCHEMA)
         conn.execute(STAGING)
         conn.commit()
         for feed in feeds:
+            feed_started = time.perf_counter()
             feed_items, feed_pages = harvest_feed(client, conn, feed)
-            items += feed_items
-            pages += feed_pages
-    return {"items": items, "pages": pages, "seconds": time.perf_counter() - started}
+            seconds = time.perf_counter() - feed_started
+            per_feed[feed] = {"pages": feed_pages, "items": feed_items, "seconds": seconds}
+    return {
+        "items": sum(int(figures["items"]) for figures in per_feed.values()),
+        "pages": sum(int(figures["pages"]) for figures in per_feed.values()),
+        "seconds": time.perf_counter() - started,
+        "feeds": per_feed,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,19 +1,26 @@
 """The benchmark of issue 5: the harvester beside a raw baseline, on one machine, in one run.
 
-``python bench/run.py [--items 1000000] [--database-url URL] [--skip-baseline]``
+``python bench/run.py [--items 1000000] [--mix both] [--database-url URL] [--skip-baseline]``
 
-1. starts the sample publisher in its own process (``python -m harvester.sample``);
+For each mix of items over the four feeds (``firehose`` first: ~80 % of the items in
+scheduled-sessions, as in imin's Firehose; then ``balanced``, ~3 : 45 : 2 : 50):
+
+1. starts the sample publisher in its own process (``python -m harvester.sample --mix``);
 2. runs the raw baseline (``bench/baseline.py``) against it into a fresh database;
 3. runs ``harvester run --once`` (the real CLI) against it into another fresh database,
-   measuring its wall time and its own peak RSS (``wait4`` on its pid);
-4. on the harvested database (after ANALYZE): median and p95 of the read queries, of a
-   parent change re-deriving 1,000 children (records.to_rows + store.write_page), and
-   the delay until a change published on a last page is visible in ``bookable_now``
-   while ``harvester run`` polls (a small in-process sample publisher, source ``live``).
+   measuring its wall time and its own peak RSS (``wait4`` on its pid), and reading each
+   feed's pages, items and working seconds from its ``feed_harvested`` log records;
 
-Databases ``bench_baseline_<pid>`` and ``bench_harvester_<pid>`` are created on the
-server and dropped at the end. The server: ``--database-url``, else TEST_DATABASE_URL or
-DATABASE_URL, else an embedded PostgreSQL (pgserver) in a temporary directory.
+then, once, on the first mix's harvested database (after ANALYZE): median and p95 of the
+read queries, of a parent change re-deriving 1,000 children (records.to_rows +
+store.write_page), and the delay until a change published on a last page is visible in
+``bookable_now`` while ``harvester run`` polls (a small in-process sample publisher,
+source ``live``).
+
+Databases ``bench_baseline_<pid>`` and ``bench_harvester_<pid>_<mix>[_<pair>]`` are
+created on the server and dropped at the end. The server: ``--database-url``, else
+TEST_DATABASE_URL or DATABASE_URL, else an embedded PostgreSQL (pgserver) in a temporary
+directory.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from sqlalchemy import Engine, make_url, text
 
 from harvester import database, records, rpde, store
 from harvester.sample import SamplePublisher
+from harvester.sample.dataset import Sizes, split_sizes
 from harvester.store import FeedRow, PageWrite
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -55,6 +63,8 @@ LIVE_SOURCE = "live"
 CHECKOUT = "checkout.bench.example"
 FLAGS = ("imin:isPotentiallyBookable", "_imin:isPotentiallyBookable")
 HOST = "https://sample-firehose.example"
+# The Firehose-shaped mix first: it is the headline, one feed holding most of the items.
+MIXES = ("firehose", "balanced")
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -199,10 +209,10 @@ def settle(server: str, timeout: float = 180.0) -> None:
 
 
 @contextmanager
-def publisher_process(items: int, page_size: int) -> Iterator[tuple[str, int]]:
+def publisher_process(items: int, page_size: int, mix: str) -> Iterator[tuple[str, int]]:
     """The sample publisher in its own process; yields its base URL and pid."""
     command = [sys.executable, "-m", "harvester.sample", "--items", str(items), "--port", "0",
-               "--page-size", str(page_size)]  # fmt: skip
+               "--page-size", str(page_size), "--mix", mix]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -236,6 +246,7 @@ class ProcessRun:
     machine_cpu_seconds: float  # every process on the machine, PostgreSQL's included
     publisher_cpu_seconds: float
     peak_rss_mb: float
+    spawner_rss_mb: float  # this process's RSS at the spawn: a floor under peak_rss_mb
     rss_samples: list[tuple[float, float]]  # (seconds since start, MB)
     stdout: str
     stderr: str
@@ -275,6 +286,7 @@ def run_measured(
     samples: list[tuple[float, float]] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         busy, publisher = machine_busy_seconds(), process_cpu_seconds(publisher_pid)
+        spawner = rss_mb(os.getpid()) or 0.0
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err)
         done = threading.Event()
@@ -293,7 +305,7 @@ def run_measured(
         returncode=process.returncode, seconds=seconds,
         cpu_seconds=usage.ru_utime + usage.ru_stime, machine_cpu_seconds=busy,
         publisher_cpu_seconds=publisher, peak_rss_mb=usage.ru_maxrss / 1024,
-        rss_samples=samples, stdout=out_path.read_text(errors="replace"),
+        spawner_rss_mb=spawner, rss_samples=samples, stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )  # fmt: skip
 
@@ -328,21 +340,24 @@ def write_config(path: Path, source: str, feed_urls: Sequence[str]) -> Path:
 
 
 def run_baseline(
-    db: str, feed_urls: Sequence[str], workdir: Path, publisher_pid: int
+    db: str, feed_urls: Sequence[str], workdir: Path, publisher_pid: int, name: str
 ) -> ProcessRun:
     """bench/baseline.py in its own process."""
     command = [sys.executable, str(BENCH_DIR / "baseline.py"), "--database-url", db, *feed_urls]
-    result = run_measured(command, workdir, "baseline", publisher_pid)
+    result = run_measured(command, workdir, name, publisher_pid)
     if result.returncode != 0:
         raise RuntimeError(f"the baseline failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
 
 
-def run_harvester_once(db: str, config: Path, workdir: Path, publisher_pid: int) -> ProcessRun:
-    """``harvester run --once`` in its own process."""
+def run_harvester_once(
+    db: str, config: Path, workdir: Path, publisher_pid: int, name: str
+) -> ProcessRun:
+    """``harvester run --once`` in its own process, logging JSON lines at INFO."""
+    # INFO for the feed_harvested records (one per harvest, a few progress lines besides).
     command = [*harvester_command(), "run", "--once", "--config", str(config),
-               "--database-url", db, "--log-level", "WARNING"]  # fmt: skip
-    result = run_measured(command, workdir, "harvester", publisher_pid)
+               "--database-url", db, "--log-level", "INFO", "--log-format", "json"]  # fmt: skip
+    result = run_measured(command, workdir, name, publisher_pid)
     if result.returncode != 0:
         raise RuntimeError(
             f"harvester run --once failed ({result.returncode}):\n{result.stderr[-3000:]}"
@@ -366,6 +381,105 @@ def rss_profile(samples: list[tuple[float, float]]) -> str:
         at = [mb for seconds, mb in samples if seconds <= fraction * end]
         points.append(f"{at[-1]:.0f}" if at else "-")
     return " / ".join(points) + " MB"
+
+
+# --- per-feed rates -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedRate:
+    """One feed's pages, items and the seconds they took (the harvester's less its waits)."""
+
+    pages: int
+    items: int
+    seconds: float
+    waited: float = 0.0
+
+    @property
+    def pages_per_second(self) -> float:
+        """Pages per second."""
+        return self.pages / max(self.seconds, 1e-6)
+
+    @property
+    def items_per_second(self) -> float:
+        """Items per second."""
+        return self.items / max(self.seconds, 1e-6)
+
+    def plus(self, other: FeedRate) -> FeedRate:
+        """Two harvests of one feed taken together."""
+        return FeedRate(self.pages + other.pages, self.items + other.items,
+                        self.seconds + other.seconds, self.waited + other.waited)  # fmt: skip
+
+
+def feed_name(url: str) -> str:
+    """The feed name at the end of a sample publisher URL (``.../feeds/slots`` → ``slots``)."""
+    return url.split("?", 1)[0].rsplit("/", 1)[-1]
+
+
+def baseline_rates(run: ProcessRun) -> dict[str, FeedRate]:
+    """Each feed's figures from the baseline's JSON line, by feed name."""
+    result = orjson.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        feed_name(url): FeedRate(int(f["pages"]), int(f["items"]), float(f["seconds"]))
+        for url, f in result.get("feeds", {}).items()
+    }
+
+
+def harvester_rates(run: ProcessRun) -> dict[str, FeedRate]:
+    """Each feed's figures summed over its ``feed_harvested`` records (JSON lines on stderr)."""
+    rates: dict[str, FeedRate] = {}
+    for line in run.stderr.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:  # a line cut short: not a record of ours
+            continue
+        if record.get("event") != "feed_harvested":
+            continue
+        name = feed_name(str(record["feed"]))
+        rate = FeedRate(int(record["pages"]), int(record["items"]), float(record["seconds"]),
+                        float(record.get("waited", 0.0)))  # fmt: skip
+        rates[name] = rates[name].plus(rate) if name in rates else rate
+    return rates
+
+
+def median_of(values: Sequence[float]) -> float | None:
+    """The median, or None when there is nothing to take it of."""
+    return statistics.median(values) if values else None
+
+
+def rate_cell(value: float | None, digits: int = 0) -> str:
+    """A rate for the per-feed table; ``-`` when unknown."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def feed_rate_rows(pairs: list[Pair]) -> list[tuple[str, ...]]:
+    """Per feed: items, baseline pages/s, items/s, s; harvester pages/s, items/s, s; ratio."""
+    rows = []
+    for feed in FEEDS:
+        base = [pair.baseline_rates[feed] for pair in pairs if feed in pair.baseline_rates]
+        harv = [pair.harvester_rates[feed] for pair in pairs if feed in pair.harvester_rates]
+        base_items = median_of([rate.items_per_second for rate in base])
+        harv_items = median_of([rate.items_per_second for rate in harv])
+        ratio = None if base_items is None or harv_items is None else harv_items / base_items
+        waited = median_of([rate.waited for rate in harv])
+        held = (base or harv)[0].items if base or harv else None
+        rows.append((
+            feed, rate_cell(held),
+            rate_cell(median_of([rate.pages_per_second for rate in base]), 1),
+            rate_cell(base_items), rate_cell(median_of([rate.seconds for rate in base]), 1),
+            rate_cell(median_of([rate.pages_per_second for rate in harv]), 1),
+            rate_cell(harv_items), rate_cell(median_of([rate.seconds for rate in harv]), 1),
+            rate_cell(waited, 1), "-" if ratio is None else f"{ratio:.2f}x",
+        ))  # fmt: skip
+    return rows
+
+
+FEED_RATE_HEADERS = (
+    "feed", "items", "baseline pages/s", "items/s", "s", "harvester pages/s", "items/s",
+    "s", "waited s", "ratio",
+)  # fmt: skip
 
 
 # --- phase 4: queries ------------------------------------------------------------------------
@@ -630,14 +744,26 @@ def two_sided(timing: Timing, limit: float) -> str:
 
 
 def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    """A plain text table."""
-    headers = ("measure", "result", "target", "status")
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(4)]
-    line = "  ".join("-" * width for width in widths)
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print(line)
+    """The targets table."""
+    print_grid(("measure", "result", "target", "status"), rows)
+
+
+def print_grid(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> None:
+    """A plain text table; the columns in ``right`` (numbers) are right-aligned."""
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def cells(row: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    print(cells(headers))
+    print("  ".join("-" * width for width in widths))
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        print(cells(row))
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -647,12 +773,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description="Harvester benchmark beside a raw baseline.")
     parser.add_argument("--items", type=int, default=1_000_000, help="default 1,000,000")
+    parser.add_argument("--mix", choices=(*MIXES, "both"), default="both",
+                        help="how the items split over the feeds: firehose (~4:80:1:15 series, "
+                        "sessions, facility uses, slots), balanced (~3:45:2:50), or both, "
+                        "firehose first (default)")  # fmt: skip
     parser.add_argument("--database-url", help="a PostgreSQL server (default: TEST_DATABASE_URL"
                         ", DATABASE_URL, else an embedded pgserver)")  # fmt: skip
     parser.add_argument("--skip-baseline", action="store_true", help="harvester only")
     parser.add_argument("--pairs", type=int, default=2,
-                        help="baseline + harvester runs, one after the other (default 2); "
-                        "the ratio reported is their median")  # fmt: skip
+                        help="baseline + harvester runs per mix, one after the other (default "
+                        "2); the ratio reported is their median")  # fmt: skip
     parser.add_argument("--page-size", type=int, default=500, help="default 500")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per query (default 50)")
     parser.add_argument("--flips", type=int, default=20, help="timed parent changes (default 20)")
@@ -660,31 +790,92 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen_mixes(mix: str) -> tuple[str, ...]:
+    """The mixes to measure, in order: both means firehose, then balanced."""
+    return MIXES if mix == "both" else (mix,)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The measurements taken once, on the first mix's harvested database."""
+
+    mix: str
+    queries: list[tuple[str, Timing, int, int]]
+    change: ParentChange
+    visible: Visibility
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """One mix: how its items split, and its baseline and harvester pairs."""
+
+    mix: str
+    sizes: Sizes
+    pairs: list[Pair]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every phase and print the report."""
     args = parse_args(argv)
-    pid = os.getpid()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="harvester-bench-")))
         server = stack.enter_context(server_url(args.database_url))
         info = machine(server)
-        base, publisher_pid = stack.enter_context(publisher_process(args.items, args.page_size))
-        feed_urls = [f"{base}/feeds/{feed}" for feed in FEEDS]
-        log(f"sample publisher with {args.items:,} items at {base}")
-
-        config = write_config(workdir / "bench.toml", SOURCE, feed_urls)
-        pairs, db = run_pairs(stack, args, Phases(server, pid, feed_urls, workdir, publisher_pid,
-                                                  config))  # fmt: skip
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute("ANALYZE")
-        queries = measure_queries(db, args.runs)
-        log("parent change: running")
-        change = measure_parent_change(db, args.flips)
-        log("visibility: running")
-        visible = measure_visibility(db, args.visibility_trials, workdir)
-        report(args, info, pairs, queries, change, visible)
+        results: list[MixResult] = []
+        kept = ""
+        for number, mix in enumerate(chosen_mixes(args.mix)):
+            # Each mix's publisher goes when the mix is done, and so does its database but
+            # the first mix's, kept for the measurements below.
+            with ExitStack() as mix_stack:
+                keep = stack if number == 0 else mix_stack
+                result, db = run_mix(mix_stack, keep, args, server, workdir, mix)
+                results.append(result)
+                kept = kept or db
+        # Only after every timed run: reading the query results grows this process, and on
+        # Linux a child's ru_maxrss starts at its parent's RSS when it was forked.
+        measured = measure_database(kept, args, workdir, results[0].mix)
+        report(args, info, results, measured)
     log("done")
     return 0
+
+
+def run_mix(
+    stack: ExitStack,
+    keep: ExitStack,
+    args: argparse.Namespace,
+    server: str,
+    workdir: Path,
+    mix: str,
+) -> tuple[MixResult, str]:
+    """Run ``mix``'s pairs: the result, and its last database (on ``keep``)."""
+    base, publisher_pid = stack.enter_context(publisher_process(args.items, args.page_size, mix))
+    feed_urls = [f"{base}/feeds/{feed}" for feed in FEEDS]
+    sizes = split_sizes(args.items, mix)
+    log(f"{mix} mix: sample publisher with {args.items:,} items ({describe_sizes(sizes)}) "
+        f"at {base}")  # fmt: skip
+    config = write_config(workdir / f"bench-{mix}.toml", SOURCE, feed_urls)
+    on = Phases(server, os.getpid(), feed_urls, workdir, publisher_pid, config, mix)
+    pairs, db = run_pairs(keep, args, on)
+    return MixResult(mix, sizes, pairs), db
+
+
+def measure_database(db: str, args: argparse.Namespace, workdir: Path, mix: str) -> Measured:
+    """Queries, a parent change and visibility on one harvested database."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    log(f"queries on the {mix} mix's database: running")
+    queries = measure_queries(db, args.runs)
+    log("parent change: running")
+    change = measure_parent_change(db, args.flips)
+    log("visibility: running")
+    visible = measure_visibility(db, args.visibility_trials, workdir)
+    return Measured(mix, queries, change, visible)
+
+
+def describe_sizes(sizes: Sizes) -> str:
+    """A mix's item counts per feed, in words."""
+    return (f"{sizes.series:,} series, {sizes.sessions:,} sessions, "
+            f"{sizes.facility_uses:,} facility uses, {sizes.slots:,} slots")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -697,6 +888,7 @@ class Phases:
     workdir: Path
     publisher_pid: int
     config: Path
+    mix: str
 
 
 def run_pairs(stack: ExitStack, args: argparse.Namespace, on: Phases) -> tuple[list[Pair], str]:
@@ -707,7 +899,7 @@ def run_pairs(stack: ExitStack, args: argparse.Namespace, on: Phases) -> tuple[l
         baseline, held_baseline = None, None
         if not args.skip_baseline:
             baseline, held_baseline = baseline_phase(on, number)
-        name = f"bench_harvester_{on.pid}" + ("" if number == count else f"_{number}")
+        name = f"bench_harvester_{on.pid}_{on.mix}" + ("" if number == count else f"_{number}")
         with ExitStack() as scratch:
             db = (stack if number == count else scratch).enter_context(
                 scratch_database(on.server, name)
@@ -720,9 +912,11 @@ def run_pairs(stack: ExitStack, args: argparse.Namespace, on: Phases) -> tuple[l
 def harvester_phase(on: Phases, db: str, number: int) -> tuple[ProcessRun, int]:
     """`harvester run --once` into a fresh database; the run and the rows it holds."""
     settle(on.server)
-    log(f"harvester run --once ({number}): running")
-    harvested = run_harvester_once(db, on.config, on.workdir, on.publisher_pid)
-    log(f"harvester run --once ({number}): {harvested.seconds:.1f} s")
+    log(f"{on.mix}: harvester run --once ({number}): running")
+    harvested = run_harvester_once(
+        db, on.config, on.workdir, on.publisher_pid, f"{on.mix}-harvester-{number}"
+    )
+    log(f"{on.mix}: harvester run --once ({number}): {harvested.seconds:.1f} s")
     held = count_rows(db, f"SELECT count(*) FROM harvester.items WHERE source = '{SOURCE}'")
     return harvested, held
 
@@ -741,79 +935,72 @@ class Pair:
         """Harvester items/s over baseline items/s (the items are the same)."""
         return None if self.baseline is None else self.baseline.seconds / self.harvested.seconds
 
+    @property
+    def baseline_rates(self) -> dict[str, FeedRate]:
+        """The baseline's figures per feed (none without a baseline)."""
+        return {} if self.baseline is None else baseline_rates(self.baseline)
+
+    @property
+    def harvester_rates(self) -> dict[str, FeedRate]:
+        """The harvester's figures per feed, from its feed_harvested records."""
+        return harvester_rates(self.harvested)
+
 
 def baseline_phase(on: Phases, number: int) -> tuple[ProcessRun, int]:
     """The raw baseline into a fresh database, dropped as soon as its rows are counted."""
     with scratch_database(on.server, f"bench_baseline_{on.pid}") as db:
         settle(on.server)
-        log(f"raw baseline ({number}): running")
-        baseline = run_baseline(db, on.feed_urls, on.workdir, on.publisher_pid)
+        log(f"{on.mix}: raw baseline ({number}): running")
+        baseline = run_baseline(
+            db, on.feed_urls, on.workdir, on.publisher_pid, f"{on.mix}-baseline-{number}"
+        )
         held = count_rows(db, "SELECT count(*) FROM items")
-        log(f"raw baseline ({number}): {baseline.seconds:.1f} s")
+        log(f"{on.mix}: raw baseline ({number}): {baseline.seconds:.1f} s")
     return baseline, held
 
 
 def cpu_split(run: ProcessRun) -> str:
     """CPU seconds of the run: its own, the publisher's, and the rest (mostly PostgreSQL)."""
     rest = run.machine_cpu_seconds - run.cpu_seconds - run.publisher_cpu_seconds
-    return (f"CPU {run.cpu_seconds:.1f} s own, {run.publisher_cpu_seconds:.1f} s publisher, "
-            f"{rest:.1f} s PostgreSQL and the rest ({run.machine_cpu_seconds:.1f} s in all)")
+    return (
+        f"CPU {run.cpu_seconds:.1f} s own, {run.publisher_cpu_seconds:.1f} s publisher, "
+        f"{rest:.1f} s PostgreSQL and the rest ({run.machine_cpu_seconds:.1f} s in all)"
+    )
 
 
 def report(
-    args: argparse.Namespace,
-    info: dict[str, str],
-    pairs: list[Pair],
-    queries: list[tuple[str, Timing, int, int]],
-    change: ParentChange,
-    visible: Visibility,
+    args: argparse.Namespace, info: dict[str, str], results: list[MixResult], measured: Measured
 ) -> None:
-    """Print the machine, the figures beside their targets, and the details."""
-    items = args.items
+    """Print the machine, the figures beside their targets, the per-feed rates, the details."""
     print()
-    print(f"harvester benchmark: {items:,} items over 4 feeds, pages of {args.page_size}")
+    print(f"harvester benchmark: {args.items:,} items over 4 feeds, pages of {args.page_size}")
     for key, value in info.items():
         print(f"  {key:11} {value}")
+    for result in results:
+        print(f"  {result.mix + ' mix':11} {describe_sizes(result.sizes)}")
     print()
     rows: list[tuple[str, str, str, str]] = []
-    runs = f" [median of {len(pairs)}]" if len(pairs) > 1 else ""
-    baselines = [pair.baseline for pair in pairs if pair.baseline is not None]
-    if baselines:
-        seconds = statistics.median(run.seconds for run in baselines)
-        rows.append((f"raw baseline throughput{runs}",
-                     f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
-    seconds = statistics.median(pair.harvested.seconds for pair in pairs)
-    rows.append((f"harvester throughput (run --once){runs}",
-                 f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
-    ratios = [pair.ratio for pair in pairs if pair.ratio is not None]
-    if ratios:
-        ratio = statistics.median(ratios)
-        each = f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-        status = verdict(ratio >= 1.0) + (" (aim 1.5x met)" if ratio >= 1.5 else "")
-        rows.append((f"harvester / baseline{runs}", f"{ratio:.2f}x{each}", ">= 1.0x (aim 1.5x)",
-                     status))  # fmt: skip
-    peak = max(pair.harvested.peak_rss_mb for pair in pairs)
-    rows.append(("harvester peak RSS", f"{peak:.0f} MB", "<= 200 MB", verdict(peak <= 200)))
-    for label, timing, count, timed in queries:
-        target, ok = "", ""
-        if "LIMIT 50" in label:
-            target, ok = "median <= 10 ms", two_sided(timing, 0.010)
-        rows.append((f"{label} [{count:,} rows, {timed} runs]",
-                     f"median {ms(timing.median)}, p95 {ms(timing.p95)}", target, ok))  # fmt: skip
-    rows.append((f"parent change, {change.children:,} children [{len(change.timing.samples)} runs]",
-                 f"median {ms(change.timing.median)}, p95 {ms(change.timing.p95)}",
-                 "<= 100 ms", two_sided(change.timing, 0.100)))  # fmt: skip
-    worst = max(visible.delays)
-    rows.append((f"change on last page visible in bookable_now [{len(visible.delays)} trials]",
-                 f"median {statistics.median(visible.delays):.2f} s, max {worst:.2f} s",
-                 "<= 10 s (8 s polls)", verdict(worst <= 10.0)))  # fmt: skip
+    for result in results:
+        rows += throughput_rows(args.items, result)
+    peak = max(pair.harvested.peak_rss_mb for result in results for pair in result.pairs)
+    rows.append(("harvester peak RSS (every run)", f"{peak:.0f} MB", "<= 200 MB",
+                 verdict(peak <= 200)))  # fmt: skip
+    rows += measured_rows(measured)
     print_table(rows)
+    print(f"(queries, parent change and visibility on the {measured.mix} mix's database)")
+    for result in results:
+        print_feed_rates(result)
     print()
     print("details")
-    for number, pair in enumerate(pairs, 1):
-        print_pair(number, pair)
-    print("  harvester RSS at 25% / 50% / 75% / 100% of its last run:",
-          rss_profile(pairs[-1].harvested.rss_samples))  # fmt: skip
+    for result in results:
+        print(f"  {result.mix} mix")
+        for number, pair in enumerate(result.pairs, 1):
+            print_pair(number, pair)
+        last = result.pairs[-1].harvested
+        print("    harvester RSS at 25% / 50% / 75% / 100% of its last run:",
+              rss_profile(last.rss_samples), f"(the benchmark's own RSS at its spawn: "
+              f"{last.spawner_rss_mb:.0f} MB)")  # fmt: skip
+    change, visible = measured.change, measured.visible
     print(f"  parent {change.parent_id}: {change.added} children added through write_page;"
           f" bookable children with the flag on {change.bookable_when_on:,}, off "
           f"{change.bookable_when_off:,}")  # fmt: skip
@@ -823,20 +1010,77 @@ def report(
           f" load average at the end: {load_average()}")  # fmt: skip
 
 
+def throughput_rows(items: int, result: MixResult) -> list[tuple[str, str, str, str]]:
+    """Baseline and harvester throughput and their ratio for one mix (firehose: the target)."""
+    pairs, mix = result.pairs, result.mix
+    runs = f" [median of {len(pairs)}]" if len(pairs) > 1 else ""
+    rows: list[tuple[str, str, str, str]] = []
+    baselines = [pair.baseline for pair in pairs if pair.baseline is not None]
+    if baselines:
+        seconds = statistics.median(run.seconds for run in baselines)
+        rows.append((f"{mix}: raw baseline throughput{runs}",
+                     f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
+    seconds = statistics.median(pair.harvested.seconds for pair in pairs)
+    rows.append((f"{mix}: harvester throughput (run --once){runs}",
+                 f"{items / seconds:,.0f} items/s ({seconds:.1f} s)", "", ""))  # fmt: skip
+    ratios = [pair.ratio for pair in pairs if pair.ratio is not None]
+    if ratios:
+        ratio = statistics.median(ratios)
+        each = f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+        target, status = "for reference", ""
+        if mix == "firehose":  # the target: the shape the harvester meets in production
+            target = ">= 1.0x (aim 1.5x)"
+            status = verdict(ratio >= 1.0) + (" (aim 1.5x met)" if ratio >= 1.5 else "")
+        rows.append((f"{mix}: harvester / baseline{runs}", f"{ratio:.2f}x{each}", target,
+                     status))  # fmt: skip
+    return rows
+
+
+def measured_rows(measured: Measured) -> list[tuple[str, str, str, str]]:
+    """The query, parent change and visibility rows of the targets table."""
+    rows: list[tuple[str, str, str, str]] = []
+    for label, timing, count, timed in measured.queries:
+        target, ok = "", ""
+        if "LIMIT 50" in label:
+            target, ok = "median <= 10 ms", two_sided(timing, 0.010)
+        rows.append((f"{label} [{count:,} rows, {timed} runs]",
+                     f"median {ms(timing.median)}, p95 {ms(timing.p95)}", target, ok))  # fmt: skip
+    change, visible = measured.change, measured.visible
+    rows.append((f"parent change, {change.children:,} children [{len(change.timing.samples)} runs]",
+                 f"median {ms(change.timing.median)}, p95 {ms(change.timing.p95)}",
+                 "<= 100 ms", two_sided(change.timing, 0.100)))  # fmt: skip
+    worst = max(visible.delays)
+    rows.append((f"change on last page visible in bookable_now [{len(visible.delays)} trials]",
+                 f"median {statistics.median(visible.delays):.2f} s, max {worst:.2f} s",
+                 "<= 10 s (8 s polls)", verdict(worst <= 10.0)))  # fmt: skip
+    return rows
+
+
+def print_feed_rates(result: MixResult) -> None:
+    """The per-feed table of one mix: each feed's own pace, baseline beside harvester."""
+    runs = f", medians of {len(result.pairs)} pairs" if len(result.pairs) > 1 else ""
+    print()
+    print(f"per-feed rates, {result.mix} mix{runs}")
+    print("(harvester s: its working seconds, less the waits for parent feeds; "
+          "ratio: harvester items/s / baseline items/s)")  # fmt: skip
+    print_grid(FEED_RATE_HEADERS, feed_rate_rows(result.pairs), right=frozenset(range(1, 10)))
+
+
 def print_pair(number: int, pair: Pair) -> None:
     """The rows held, wall times and CPU split of one baseline and harvester pair."""
     harvested = pair.harvested
     if pair.baseline is not None:
         baseline = pair.baseline
-        print(f"  pair {number}: baseline {baseline.seconds:.1f} s, harvester "
+        print(f"    pair {number}: baseline {baseline.seconds:.1f} s, harvester "
               f"{harvested.seconds:.1f} s, ratio {pair.ratio:.2f}; rows held: baseline "
               f"{pair.held_baseline:,}, harvester {pair.held:,} "
               f"(same: {pair.held_baseline == pair.held})")  # fmt: skip
-        print(f"    baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, {cpu_split(baseline)}; "
-              f"{baseline.stdout.strip()}")  # fmt: skip
+        totals = orjson.loads(baseline.stdout.strip().splitlines()[-1])
+        print(f"      baseline: peak RSS {baseline.peak_rss_mb:.0f} MB, {cpu_split(baseline)}; "
+              f"{totals['pages']:,} pages, {totals['items']:,} items")  # fmt: skip
     else:
-        print(f"  run {number}: harvester {harvested.seconds:.1f} s, rows held {pair.held:,}")
-    print(f"    harvester: peak RSS {harvested.peak_rss_mb:.0f} MB, {cpu_split(harvested)}; "
+        print(f"    run {number}: harvester {harvested.seconds:.1f} s, rows held {pair.held:,}")
+    print(f"      harvester: peak RSS {harvested.peak_rss_mb:.0f} MB, {cpu_split(harvested)}; "
           f"{harvested.stdout.strip()}")  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,10 @@ import httpx
 import orjson
 import pytest
 
-from harvester.sample import Fault, SamplePublisher
+from harvester import bookability
+from harvester.sample import FEED_NAMES, Fault, SamplePublisher
+from harvester.sample.__main__ import parse_args
+from harvester.sample.dataset import Sizes, split_sizes
 from harvester.sample.shapes import FLAG, FLAG_UNDERSCORE, SPECIAL_ID_SUFFIX
 
 NOW = datetime(2025, 6, 1, 12, 7, 30, tzinfo=UTC)
@@ -28,6 +32,11 @@ TIMESTAMP_FEEDS = ("session-series", "scheduled-sessions", "facility-uses")
 ROOT = Path(__file__).resolve().parent.parent
 
 Page = dict[str, Any]
+PARENT_REF = re.compile(r"/(session-series|facility-uses)/(\d+)(?:/individual-facility-uses/\d+)?$")
+CHILD_FEEDS = {  # child feed: (its type, its parent feed, the parent type)
+    "scheduled-sessions": ("ScheduledSession", "session-series", "SessionSeries"),
+    "slots": ("Slot", "facility-uses", "FacilityUse"),
+}
 
 
 @pytest.fixture
@@ -442,3 +451,95 @@ def test_forget_drops_an_item_with_no_tombstone(
         publisher.forget(feed, str(target["id"]))
     publisher.upsert(feed, target["id"], {"name": "back"})  # re-publishing brings it back
     assert publisher.held(feed)[key] == {"name": "back"}
+
+
+# --- the Firehose mix -----------------------------------------------------------------------
+
+
+def test_the_balanced_split_is_unchanged_and_the_default() -> None:
+    assert split_sizes(1_000) == Sizes(series=30, sessions=450, facility_uses=20, slots=500)
+    assert split_sizes(1_000_003, "balanced") == split_sizes(1_000_003)
+    assert split_sizes(3) == split_sizes(3, "firehose") == Sizes(0, 3, 0, 0)
+
+
+@pytest.mark.parametrize("total", [100, 101, 999, 2_000, 252_200, 1_000_000])
+def test_the_firehose_split_is_about_4_80_1_15_and_fills_every_feed(total: int) -> None:
+    sizes = split_sizes(total, "firehose")
+    counts = (sizes.series, sessions := sizes.sessions, sizes.facility_uses, sizes.slots)
+    assert sum(counts) == total
+    assert min(counts) >= 1
+    assert sessions == max(counts)
+    for count, share in zip(counts, (4, 80, 1, 15), strict=True):
+        assert abs(count / total - share / 100) < 0.015, (counts, total)
+
+
+def test_a_firehose_publisher_serves_its_split() -> None:
+    publisher = SamplePublisher(items=1_000, now=NOW, mix="firehose")
+    counts = [len(list(publisher.items(feed))) for feed in FEED_NAMES]
+    assert counts == [40, 800, 10, 150]
+    with pytest.raises(ValueError, match="unknown mix"):
+        SamplePublisher(items=1_000, mix="lopsided")
+
+
+def test_the_command_line_takes_a_mix() -> None:
+    assert parse_args(["--mix", "firehose"]).mix == "firehose"
+    assert parse_args([]).mix == "balanced"
+
+
+def parent_refs(publisher: SamplePublisher, child_feed: str) -> list[str]:
+    """The parent @id each live child of ``child_feed`` names (embedded parents left out)."""
+    key = "superEvent" if child_feed == "scheduled-sessions" else "facilityUse"
+    refs = [item["data"][key] for item in publisher.items(child_feed) if "data" in item]
+    return [ref if isinstance(ref, str) else ref["@id"] for ref in refs
+            if isinstance(ref, str) or "imin:aggregateOffer" not in ref]  # fmt: skip
+
+
+def parent_index(ref: str) -> tuple[str, int]:
+    """(parent feed, index) of a generated parent @id (a court names its FacilityUse)."""
+    found = PARENT_REF.search(ref)
+    assert found is not None, ref
+    return found.group(1), int(found.group(2))
+
+
+@pytest.mark.parametrize("child_feed", list(CHILD_FEEDS))
+def test_every_firehose_child_finds_its_parent_but_the_planned_orphans(child_feed: str) -> None:
+    publisher = SamplePublisher(items=10_000, now=NOW, mix="firehose")
+    parent_feed = CHILD_FEEDS[child_feed][1]
+    parents = publisher.dataset.feeds[parent_feed]
+    published = {str(item["id"]) for item in publisher.items(parent_feed)}
+    indexes = []
+    for ref in parent_refs(publisher, child_feed):
+        feed, index = parent_index(ref)
+        assert feed == parent_feed, ref
+        indexes.append(index)
+    orphans = [index for index in indexes if index >= parents.count]  # planned: past the end
+    assert 0 < len(orphans) <= 0.02 * len(indexes)
+    assert all(str(parents.id_of(i)) in published for i in indexes if i < parents.count)
+    assert len(set(indexes) - set(orphans)) > 0.9 * parents.count  # spread over the parents
+
+
+def bookable_share(publisher: SamplePublisher, child_feed: str) -> float:
+    """The share of ``child_feed``'s live children bookable at NOW (the contract's rules)."""
+    child_type, parent_feed, parent_type = CHILD_FEEDS[child_feed]
+    offers: dict[str | None, bookability.Offer] = {}
+    for item in publisher.items(parent_feed):
+        if "data" in item:
+            parent = bookability.read_parent(parent_type, item["data"])
+            offers |= dict.fromkeys(parent.refs, parent.offer)
+    bookable = total = 0
+    for item in publisher.items(child_feed):
+        if "data" in item:
+            child = bookability.read_child(child_type, item["data"])
+            offer = child.embedded_offer or offers.get(child.parent_ref)
+            bookable += bookability.is_bookable_at(child, offer, NOW)
+            total += 1
+    return bookable / total
+
+
+@pytest.mark.parametrize("child_feed", list(CHILD_FEEDS))
+def test_a_firehose_dataset_keeps_the_share_of_bookable_children(child_feed: str) -> None:
+    balanced = SamplePublisher(items=10_000, now=NOW)
+    firehose = SamplePublisher(items=10_000, now=NOW, mix="firehose")
+    expected = bookable_share(balanced, child_feed)
+    assert 0.15 < expected < 0.35
+    assert abs(bookable_share(firehose, child_feed) - expected) < 0.03

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from types import FrameType
 
+from harvester.sample.dataset import DEFAULT_MIX, MIXES
 from harvester.sample.server import SamplePublisher
 
 
@@ -24,6 +25,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     parser.add_argument("--page-size", type=int, default=500, help="default 500")
     parser.add_argument("--seed", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--mix",
+        choices=tuple(MIXES),
+        default=DEFAULT_MIX,
+        help="how the items split over the feeds: balanced (~3:45:2:50 series, sessions, "
+        "facility uses, slots; the default) or firehose (~4:80:1:15, like imin's Firehose)",
+    )
     parser.add_argument("--page-max-age", type=int, default=3600, help="default 3600 s")
     parser.add_argument("--last-page-max-age", type=int, default=8, help="default 8 s")
     parser.add_argument(
@@ -70,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         page_max_age=args.page_max_age,
         last_page_max_age=args.last_page_max_age,
+        mix=args.mix,
     )
     with publisher:
         print(f"READY {publisher.base_url}", flush=True)

@@ -33,7 +33,7 @@ CHANGE_NUMBER_BASE = 1_000
 
 @dataclass(frozen=True)
 class Sizes:
-    """How a total item count splits over the four feeds."""
+    """How a total item count (in MIXES: its percentages) splits over the four feeds."""
 
     series: int
     sessions: int
@@ -41,16 +41,40 @@ class Sizes:
     slots: int
 
 
-def split_sizes(total: int) -> Sizes:
-    """Split ``total`` ~3 : 45 : 2 : 50 over series, sessions, facility uses and slots."""
+# Each mix's shares in percent; the largest feed takes what rounding leaves.
+MIXES: dict[str, Sizes] = {
+    "balanced": Sizes(series=3, sessions=45, facility_uses=2, slots=50),
+    # imin's Firehose: scheduled-sessions holds most of the items, so one feed's
+    # sequential pace bounds a whole harvest.
+    "firehose": Sizes(series=4, sessions=80, facility_uses=1, slots=15),
+}
+DEFAULT_MIX = "balanced"
+
+
+def split_sizes(total: int, mix: str = DEFAULT_MIX) -> Sizes:
+    """Split ``total`` over series, sessions, facility uses and slots by ``mix``'s shares.
+
+    ``balanced`` is ~3 : 45 : 2 : 50, ``firehose`` ~4 : 80 : 1 : 15; every feed holds at
+    least one item from 4 items on.
+    """
     if total < 0:
         raise ValueError("items must be >= 0")
+    shares = shares_of(mix)
     if total < 4:
         return Sizes(series=0, sessions=total, facility_uses=0, slots=0)
-    series = max(1, total * 3 // 100)
-    facility_uses = max(1, total * 2 // 100)
-    sessions = total * 45 // 100
-    return Sizes(series, sessions, facility_uses, total - series - facility_uses - sessions)
+    names = ("series", "sessions", "facility_uses", "slots")
+    largest = max(names, key=lambda name: getattr(shares, name))
+    counts = {name: max(1, total * getattr(shares, name) // 100) for name in names}
+    counts[largest] = total - sum(count for name, count in counts.items() if name != largest)
+    return Sizes(**counts)
+
+
+def shares_of(mix: str) -> Sizes:
+    """The percentage shares of ``mix``, or ValueError naming the known mixes."""
+    try:
+        return MIXES[mix]
+    except KeyError:
+        raise ValueError(f"unknown mix {mix!r}; expected one of {tuple(MIXES)}") from None
 
 
 def floor_quarter_hour(now: datetime) -> datetime:
@@ -451,8 +475,9 @@ class SlotFeed(Feed):
 class Dataset:
     """The four feeds of one sample publisher, as first published."""
 
-    def __init__(self, *, size: int, now: datetime, seed: int = 1) -> None:
-        self.sizes = split_sizes(size)
+    def __init__(self, *, size: int, now: datetime, seed: int = 1, mix: str = DEFAULT_MIX) -> None:
+        self.mix = mix
+        self.sizes = split_sizes(size, mix)
         self.clock = Clock(anchor=floor_quarter_hour(now))
         self.dice = shapes.Dice(seed)
         self.session_series = SessionSeriesFeed(self, self.sizes.series)

@@ -75,11 +75,12 @@ class SamplePublisher:
         port: int = 0,
         last_page_max_age: int = 8,
         page_max_age: int = 3600,
+        mix: str = dataset.DEFAULT_MIX,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.now = now if now is not None else datetime.now(UTC)
-        self.dataset = dataset.Dataset(size=items, now=self.now, seed=seed)
+        self.dataset = dataset.Dataset(size=items, now=self.now, seed=seed, mix=mix)
         self.page_size = page_size
         self.host = host
         self.port = port  # the bound port once started, kept for a restart
