@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
-from sqlalchemy import make_url
 
-from harvester import database
+# The bench's own helpers: this script runs from bench/, which is then on sys.path.
+from run import log, scratch_database, server_url
+
 from harvester.config import Settings
 
 CAP = Settings().max_page_bytes
@@ -72,12 +69,6 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-def log(message: str) -> None:
-    """A progress line on stderr."""
-    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-STARTED = time.perf_counter()
 
 
 # --- the items and pages ----------------------------------------------------------------
@@ -284,43 +275,6 @@ def bare_python() -> Run:
 
 
 # --- databases ---------------------------------------------------------------------------------
-
-
-def libpq_url(url: str, database_name: str | None = None) -> str:
-    """The libpq form of a URL (psycopg), optionally on another database."""
-    parsed = make_url(database.normalise_url(url)).set(drivername="postgresql")
-    if database_name is not None:
-        parsed = parsed.set(database=database_name)
-    return parsed.render_as_string(hide_password=False)
-
-
-@contextmanager
-def server_url(given: str | None) -> Iterator[str]:
-    """The server's URL in libpq form: given, from the environment, or an embedded one."""
-    url = given or os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    if url:
-        yield libpq_url(url)
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="harvester-bench-pg-"))
-    try:
-        log(f"no database URL: embedded PostgreSQL in {data_dir}")
-        with database.embedded_database(data_dir) as embedded:
-            yield libpq_url(embedded)
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-@contextmanager
-def scratch_database(server: str, name: str) -> Iterator[str]:
-    """A fresh, empty database (the harvester migrates it), dropped on exit."""
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield libpq_url(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- the report --------------------------------------------------------------------------------

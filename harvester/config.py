@@ -49,7 +49,7 @@ class Settings:
     request_timeout_seconds: float = 30.0  # connect, and each read: a silent publisher
     request_deadline_seconds: float = 120.0  # a whole request, body included: a trickling one
     # Decoded bytes. Real RPDE pages are a few MB. With 4 workers all at the cap the
-    # process peaks near 240 MB (bench/memory.py): under 300 MB with these defaults.
+    # process peaks near 235 MB (bench/memory.py): under 300 MB with these defaults.
     max_page_bytes: int = 6 * 1024 * 1024
     workers: int = 4  # feeds harvested at once by one process
     max_connections_per_host: int = 4

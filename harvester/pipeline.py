@@ -228,7 +228,9 @@ class Harvester:
                 feed, batch = self.write(feed, batch)
                 for parsed in batch:
                     self.count(feed, progress, parsed, parsed.ends_feed)
-                if batch[-1].ends_feed:
+                ended = batch[-1].ends_feed
+                del batch, parsed  # written: freed before the next batch is waited for
+                if ended:
                     break
         finally:
             stream.close()

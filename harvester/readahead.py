@@ -61,10 +61,14 @@ class PageStream(Generic[P]):
             except BaseException as exc:  # handed to the writer, which raises it
                 self.put(exc, 0)
                 return
-            self.put(page, page.size)
             if page.ends_feed:
+                self.put(page, page.size)
                 return
             url, expected = page.next_url, page.size
+            # Handed over, and no longer referenced here: the writer alone keeps it alive,
+            # so a written page is freed while the next one is fetched and parsed.
+            self.put(page, expected)
+            del page
 
     def room_for(self, size: int) -> bool:
         """Wait until a page of about `size` bytes fits ahead; False once closed."""
