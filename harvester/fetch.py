@@ -350,7 +350,10 @@ class DeadlineStream(httpcore.NetworkStream):
 
 
 class DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's blocking sockets, with connects and streams under the request deadline."""
+    """httpcore's blocking sockets, with connects and streams under the request deadline.
+
+    TCP only: feeds are http(s) URLs, never Unix sockets (the base class refuses those).
+    """
 
     def __init__(self) -> None:
         self.backend = httpcore.SyncBackend()
@@ -368,17 +371,6 @@ class DeadlineBackend(httpcore.NetworkBackend):
             lambda bound: self.backend.connect_tcp(
                 host, port, bound, local_address, socket_options
             ),
-            timeout,
-            httpcore.ConnectTimeout,
-        )
-        return DeadlineStream(stream)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        """Connect within the time left."""
-        stream = run_bounded(
-            lambda bound: self.backend.connect_unix_socket(path, bound, socket_options),
             timeout,
             httpcore.ConnectTimeout,
         )
