@@ -270,7 +270,7 @@ def harvest(
 
 def bare_python() -> Run:
     """The floor: a Python that imports everything a harvest imports, then sleeps."""
-    code = "import harvester.cli, harvester.pipeline, harvester.store, time; time.sleep(0.5)"
+    code = "import harvester.cli, harvester.pipeline, harvester.pages, time; time.sleep(0.5)"
     return measure("bare python + imports", [sys.executable, "-c", code], "no harvest")
 
 

@@ -13,7 +13,7 @@ scheduled-sessions, as in imin's Firehose; then ``balanced``, ~3 : 45 : 2 : 50):
 
 then, once, on the first mix's harvested database (after ANALYZE): median and p95 of the
 read queries, of a parent change re-deriving 1,000 children (records.to_rows +
-store.write_page), and the delay until a change published on a last page is visible in
+pagewrite.write_page), and the delay until a change published on a last page is visible in
 ``bookable_now`` while ``harvester run`` polls (a small in-process sample publisher,
 source ``live``).
 
@@ -51,10 +51,11 @@ import psycopg
 from psycopg.types.string import TextLoader
 from sqlalchemy import Engine, make_url, text
 
-from harvester import database, records, rpde, store
+from harvester import database, feedstate, pagewrite, records, rpde
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 from harvester.sample import SamplePublisher
 from harvester.sample.dataset import Sizes, split_sizes
-from harvester.store import FeedRow, PageWrite
 
 BENCH_DIR = Path(__file__).resolve().parent
 FEEDS = ("session-series", "scheduled-sessions", "facility-uses", "slots")
@@ -550,7 +551,7 @@ WHERE source = :source AND role = 'child' AND parent_ref = :ref
 def feed_row(engine: Engine, suffix: str) -> FeedRow:
     """The harvested feed whose URL ends with ``suffix``."""
     with engine.begin() as conn:
-        return next(f for f in store.load_feeds(conn) if f.url.endswith(suffix))
+        return next(f for f in feedstate.load_feeds(conn) if f.url.endswith(suffix))
 
 
 def write_items(engine: Engine, feed: FeedRow, items: list[dict[str, Any]]) -> float:
@@ -565,7 +566,7 @@ def write_items(engine: Engine, feed: FeedRow, items: list[dict[str, Any]]) -> f
     rows, _ = records.to_rows(page.items)
     write = PageWrite(rows, page.rejected, page.url, page.next_url, caught_up=True)
     with engine.begin() as conn:
-        store.write_page(conn, feed, write)
+        pagewrite.write_page(conn, feed, write)
     return time.perf_counter() - started
 
 

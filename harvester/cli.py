@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
-from harvester import __version__, bookability, database, metrics, redact, report, store
+from harvester import __version__, bookability, database, feedstate, metrics, redact, report
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, DatabaseError, HarvesterError
 from harvester.fetch import Fetcher
@@ -123,8 +123,8 @@ def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> in
         database.migrate(engine)
         with engine.begin() as conn:
             sync_sources(conn, config)
-            feeds = select_feeds(store.load_feeds(conn, config_pairs(config)), args)
-            feeds = [store.start_backfill(conn, feed.id) for feed in feeds]
+            feeds = select_feeds(feedstate.load_feeds(conn, config_pairs(config)), args)
+            feeds = [feedstate.start_backfill(conn, feed.id) for feed in feeds]
         for feed in feeds:
             logger.info("backfilling %s", feed.url, extra={"event": "backfill_started"})
         outcome = harvest(engine, config, once=True, feeds=feeds, progress=True)
@@ -136,8 +136,8 @@ def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with open_database(args, environ) as engine:
         database.migrate(engine)
         with engine.connect() as conn:
-            report.print_status(store.feed_status(conn), sys.stdout)
-            report.print_reasons(store.not_bookable_reasons(conn), sys.stdout)
+            report.print_status(feedstate.feed_status(conn), sys.stdout)
+            report.print_reasons(feedstate.not_bookable_reasons(conn), sys.stdout)
     return EXIT_OK
 
 
@@ -149,7 +149,7 @@ def command_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def harvest(
-    engine: Engine, config: Config, *, once: bool, feeds: list[store.FeedRow] | None = None,
+    engine: Engine, config: Config, *, once: bool, feeds: list[feedstate.FeedRow] | None = None,
     progress: bool = False,
 ) -> RunReport:
     """Sync sources, then run the worker until done or stopped by a signal."""
@@ -157,7 +157,7 @@ def harvest(
     if feeds is None:
         with engine.begin() as conn:
             sync_sources(conn, config)
-            feeds = store.load_feeds(conn, config_pairs(config))
+            feeds = feedstate.load_feeds(conn, config_pairs(config))
     stop = threading.Event()
     fetcher = Fetcher(config.settings)
     harvester = Harvester(
@@ -191,7 +191,7 @@ def finish_run(
 def sync_sources(conn: Any, config: Config) -> None:
     """Register every configured source and feed."""
     for source in config.sources:
-        store.sync_source(conn, source, bookability.checkout_prefix(source.checkout_base_url))
+        feedstate.sync_source(conn, source, bookability.checkout_prefix(source.checkout_base_url))
 
 
 def config_pairs(config: Config) -> list[tuple[str, str]]:
@@ -199,7 +199,9 @@ def config_pairs(config: Config) -> list[tuple[str, str]]:
     return [(source.name, url) for source in config.sources for url in source.feeds]
 
 
-def select_feeds(feeds: list[store.FeedRow], args: argparse.Namespace) -> list[store.FeedRow]:
+def select_feeds(
+    feeds: list[feedstate.FeedRow], args: argparse.Namespace
+) -> list[feedstate.FeedRow]:
     """The feeds a backfill names (all when none is named)."""
     chosen = [
         feed for feed in feeds

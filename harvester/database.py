@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import store
+from harvester import fastpath
 from harvester.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def make_engine(url: str, **options: Any) -> Engine:
         connect_args=connect_args,
         **options,
     )
-    return store.prepare_engine(engine)
+    return fastpath.prepare_engine(engine)
 
 
 def migrations_path() -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import make_url, text
 
-from harvester import database, report, store
+from harvester import database, feedstate, report
 from harvester.config import Config, parse_config
 from harvester.sample import SamplePublisher
 
@@ -56,9 +56,9 @@ def harvest_once(engine: Any, config: Config, harvest: Callable[..., Any]) -> No
 def show_results(engine: Any) -> None:
     """What is bookable now, and why the rest is not."""
     with engine.connect() as conn:
-        total = store.count_bookable_now(conn)
-        report.print_bookable(store.bookable_now(conn, 15), total, sys.stdout)
-        report.print_reasons(store.not_bookable_reasons(conn), sys.stdout)
+        total = feedstate.count_bookable_now(conn)
+        report.print_bookable(feedstate.bookable_now(conn, 15), total, sys.stdout)
+        report.print_reasons(feedstate.not_bookable_reasons(conn), sys.stdout)
 
 
 @contextmanager

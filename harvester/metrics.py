@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import store
+from harvester import feedstate
 from harvester.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class CaughtUpCollector(Collector):
             return []
         try:
             with self.engine.begin() as conn:
-                return store.caught_up_times(conn)
+                return feedstate.caught_up_times(conn)
         except SQLAlchemyError as exc:
             logger.warning("metrics: feeds not read: %s", type(exc).__name__,
                            extra={"event": "metrics_database_unavailable"})  # fmt: skip

@@ -21,12 +21,13 @@ from typing import TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from harvester import metrics, records, rpde, store
+from harvester import metrics, pagewrite, parents, records, rpde
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
+from harvester.feedstate import FeedRow
 from harvester.fetch import Fetcher, retrying
+from harvester.pagewrite import PageWrite
 from harvester.readahead import PageStream
-from harvester.store import FeedRow, PageWrite
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class Parsed:
     @cached_property
     def roles(self) -> frozenset[str | None]:
         """The roles of the page's items: child, parent, other (None for a tombstone)."""
-        return frozenset({row[records.ROLE] for row in self.rows})
+        return frozenset({row.role for row in self.rows})
 
     @property
     def holds_parents(self) -> bool:
@@ -189,7 +190,7 @@ class Harvester:
     stop: threading.Event | None = None
     on_page: Callable[[FeedRow, Progress], None] | None = None
     parents_first: ParentsFirst = field(default_factory=ParentsFirst)
-    parent_cache: store.ParentCache = field(default_factory=store.ParentCache)
+    parent_cache: parents.ParentCache = field(default_factory=parents.ParentCache)
 
     def stopping(self) -> bool:
         """True once shutdown was asked for."""
@@ -293,10 +294,10 @@ class Harvester:
 
     def commit_pages(
         self, feed: FeedRow, writes: list[PageWrite], *, one_by_one: bool
-    ) -> store.Written:
+    ) -> pagewrite.Written:
         """One transaction: the pages' rows and the feed's position."""
         with self.engine.begin() as conn:
-            return store.write_pages(
+            return pagewrite.write_pages(
                 conn, feed, writes, owner=self.owner, lease_seconds=self.settings.lease_seconds,
                 parents=self.parent_cache, one_by_one=one_by_one,
             )  # fmt: skip

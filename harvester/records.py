@@ -5,38 +5,59 @@ from __future__ import annotations
 import functools
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from harvester import bookability, rpde
 from harvester.rpde import Item, Rejected
 
-# The columns of a row as `to_row` returns them: the item's own facts.
-ROW_COLUMNS = (
-    "kind", "rpde_id", "modified", "modified_text", "data", "type", "role",
-    "item_id", "identifier", "start_date", "end_date", "parent_ref", "problem",
-    "checkout_path", "embedded_type", "offer_problem", "from_months", "from_micros",
-    "through_months", "through_micros", "refs", "start_offset",
-)  # fmt: skip
-# What joining a child to its parent decides (`join`): the parent, the booking window, and
-# the reason, fixed until the child or its parent changes, why it is never bookable.
+
+class Row(NamedTuple):
+    """One item as the store stages it: its own facts (`to_row`), then what joining a child
+    to its parent decided (`join`), fixed until the child or its parent changes.
+
+    The one declaration of the row: the staging table, its COPY and the upsert's column
+    lists are derived from these fields (sql.py), their types from `schema.items`.
+    """
+
+    kind: str
+    rpde_id: str
+    modified: int | None  # RPDE `modified` when an integer; else `modified_text`
+    modified_text: str | None
+    data: str | None  # the item's JSON; None for a tombstone, and only for one
+    type: str | None
+    role: str | None  # child, parent or other
+    item_id: str | None
+    identifier: str | None
+    start_date: datetime | None
+    end_date: datetime | None
+    parent_ref: str | None
+    problem: str | None
+    checkout_path: str | None
+    embedded_type: str | None
+    offer_problem: str | None
+    from_months: int | None
+    from_micros: int | None
+    through_months: int | None
+    through_micros: int | None
+    refs: list[str] | None
+    start_offset: int | None
+    parent_kind: str | None = None
+    parent_rpde_id: str | None = None
+    bookable_from: datetime | None = None
+    bookable_until: datetime | None = None
+    reason: str | None = None
+
+
+# What `join` decides: the parent, the booking window, and why the child is never bookable.
 JOINED_COLUMNS = ("parent_kind", "parent_rpde_id", "bookable_from", "bookable_until", "reason")
-# A staged row: the facts, then what the join decided.
-STAGING_COLUMNS = (*ROW_COLUMNS, *JOINED_COLUMNS)
-Row = tuple[Any, ...]
-KIND, RPDE_ID, MODIFIED, MODIFIED_TEXT = range(4)
-DATA = ROW_COLUMNS.index("data")
-ROLE = ROW_COLUMNS.index("role")
-ITEM_ID = ROW_COLUMNS.index("item_id")
-START_DATE = ROW_COLUMNS.index("start_date")
-PARENT_REF = ROW_COLUMNS.index("parent_ref")
-PROBLEM = ROW_COLUMNS.index("problem")
-EMBEDDED_TYPE = ROW_COLUMNS.index("embedded_type")
-OFFER = slice(ROW_COLUMNS.index("offer_problem"), ROW_COLUMNS.index("through_micros") + 1)
-REFS = ROW_COLUMNS.index("refs")
+FACTS = len(Row._fields) - len(JOINED_COLUMNS)  # the fields `to_row` fills
+OFFER = slice(Row._fields.index("offer_problem"), Row._fields.index("through_micros") + 1)
+Values = tuple[Any, ...]  # a slice of a row, or a row read back from the database
+_make_row = Row._make  # rows are built from tuple displays: a million children, a million rows
 _EMPTY_CHILD = (None,) * 8
-_NO_DATA = (None,) * (len(ROW_COLUMNS) - 4)  # a tombstone's row: its key and `modified`
+_NO_DATA = (None,) * (len(Row._fields) - 4)  # a tombstone's row: its key and `modified`
 _EMPTY_OFFER = (None,) * 5
 _UNJOINED = (None,) * len(JOINED_COLUMNS)
 _NO_PARENT = (None, None)
@@ -77,7 +98,8 @@ def to_row(item: Item) -> Row:
     """
     data = item.data
     if data is None:
-        return (item.kind, item.id, item.modified_number, item.modified_text, *_NO_DATA)
+        return _make_row((item.kind, item.id, item.modified_number, item.modified_text,
+                          *_NO_DATA))  # fmt: skip
     item_type = bookability.type_of(item.kind, data)
     if item_type in bookability.CHILD_TYPES:
         return child_row(item, item_type, data)
@@ -86,50 +108,46 @@ def to_row(item: Item) -> Row:
     if item_type in bookability.PARENT_TYPES:
         parent = bookability.read_parent(item_type, data)
         refs = [ref for ref in parent.refs if not rpde.too_long(ref, rpde.MAX_ID_BYTES)]
-        return (*head, "parent", parent.id, *_EMPTY_CHILD[1:], *offer_fields(parent.offer),
-                refs, None)  # fmt: skip
-    return (*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:], *_EMPTY_OFFER, None,
-            None)  # fmt: skip
+        return _make_row((*head, "parent", parent.id, *_EMPTY_CHILD[1:],
+                          *offer_fields(parent.offer), refs, None, *_UNJOINED))  # fmt: skip
+    return _make_row((*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:],
+                      *_EMPTY_OFFER, None, None, *_UNJOINED))  # fmt: skip
 
 
 def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
     """The row of a ScheduledSession or Slot (the offer is its embedded parent's, if any).
 
-    Built in one tuple display: a million children make a million of these.
+    Built from one tuple display: a million children make a million of these.
     """
     child = bookability.read_child(item_type, data)
     if child.parent_ref is not None and rpde.too_long(child.parent_ref, rpde.MAX_ID_BYTES):
         child = child._replace(parent_ref=None, problem=child.problem or PARENT_REF_TOO_LONG)
     offer = offer_fields(child.embedded_offer) if child.embedded_offer else _EMPTY_OFFER
-    return (
+    return _make_row((
         item.kind, item.id, item.modified_number, item.modified_text,
         dump_json(data), item_type, "child", child.id, child.identifier, child.start_date,
         child.end_date, child.parent_ref, child.problem,
         bookability.checkout_path(item_type, child.identifier), child.embedded_type, *offer,
-        None, bookability.utc_offset_seconds(child.start_date),
-    )  # fmt: skip
+        None, bookability.utc_offset_seconds(child.start_date), *_UNJOINED,
+    ))  # fmt: skip
 
 
 def is_tombstone(row: Row) -> bool:
     """The row deletes its item (RPDE §Deleted items): it alone carries no data."""
-    return row[DATA] is None
+    return row.data is None
 
 
-def stage(row: Row) -> Row:
-    """The staged row of a parent or other item: no parent, no booking window."""
-    return row + _UNJOINED
-
-
-def join_child(row: Row, parent: Row | None) -> Row:
-    """The staged row of a child joined to its published parent, if one is held (`join`)."""
-    return row + join(row[START_DATE], row[PROBLEM], row[PARENT_REF], row[EMBEDDED_TYPE],
-                      row[OFFER], parent)  # fmt: skip
+def join_child(row: Row, parent: Values | None) -> Row:
+    """The row of a child joined to its published parent, if one is held (`join`)."""
+    joined = join(row.start_date, row.problem, row.parent_ref, row.embedded_type,
+                  row[OFFER], parent)  # fmt: skip
+    return _make_row((*row[:FACTS], *joined))
 
 
 def join(
     start: datetime | None, problem: str | None, parent_ref: str | None,
-    embedded_type: str | None, embedded_offer: Row, parent: Row | None,
-) -> Row:  # fmt: skip
+    embedded_type: str | None, embedded_offer: Values, parent: Values | None,
+) -> Values:  # fmt: skip
     """Rules 2-5 for one child, the one home of them: the JOINED_COLUMNS of the child.
 
     `parent` is the published parent its reference resolves to, as (kind, rpde_id,
@@ -166,7 +184,7 @@ def _zone(utc_offset: int) -> timezone:
     return timezone(timedelta(seconds=utc_offset))
 
 
-def offer_fields(offer: bookability.Offer) -> Row:
+def offer_fields(offer: bookability.Offer) -> Values:
     """offer_problem, from_months, from_micros, through_months, through_micros."""
     valid_from, through = offer.valid_from, offer.valid_through
     return (

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from harvester.feedstate import FeedRow
 from harvester.pipeline import Harvester, Progress
-from harvester.store import FeedRow
 
 logger = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 10.0

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
-from harvester import metrics, redact, store
+from harvester import feedstate, metrics, redact
 from harvester.errors import (
     FatalFeedError,
     FeedError,
@@ -34,8 +34,8 @@ from harvester.errors import (
     RetriableFeedError,
     database_fault,
 )
+from harvester.feedstate import FeedRow
 from harvester.pipeline import Harvester, Progress, run_in_background
-from harvester.store import FeedRow
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Worker:
         """The database's clock, which every worker shares (None if it cannot be read)."""
         try:
             with self.harvester.engine.begin() as conn:
-                return store.database_now(conn)
+                return feedstate.database_now(conn)
         except (DBAPIError, SQLAlchemyTimeout):
             return None
 
@@ -152,7 +152,7 @@ class Worker:
             return True
         try:
             with self.harvester.engine.begin() as conn:
-                return store.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
+                return feedstate.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             self.loop_database_failure(exc)
             return False
@@ -166,7 +166,8 @@ class Worker:
         self.next_renewal = now + self.settings.lease_seconds / 3
         try:
             with self.harvester.engine.begin() as conn:
-                store.renew_leases(conn, sorted(self.running), owner, self.settings.lease_seconds)
+                running = sorted(self.running)
+                feedstate.renew_leases(conn, running, owner, self.settings.lease_seconds)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             self.loop_database_failure(exc)
 
@@ -176,7 +177,7 @@ class Worker:
             return False
         try:
             with self.harvester.engine.begin() as conn:
-                done = store.caught_up_since(conn, feed_id, self.started_at)
+                done = feedstate.caught_up_since(conn, feed_id, self.started_at)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             self.loop_database_failure(exc)
             return False
@@ -199,7 +200,7 @@ class Worker:
         feed = self.feeds[feed_id]
         try:
             with self.harvester.engine.begin() as conn:
-                feed = store.load_feed(conn, feed_id)
+                feed = feedstate.load_feed(conn, feed_id)
             progress = self.harvester.harvest(feed)
             return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
         except FeedError as exc:
@@ -256,7 +257,7 @@ class Worker:
         """Write the failure to the feed's row for `status` (the database may be away)."""
         try:
             with self.harvester.engine.begin() as conn:
-                store.record_feed_error(conn, feed.id, state, redact.scrub(message), retry_at)
+                feedstate.record_feed_error(conn, feed.id, state, redact.scrub(message), retry_at)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             logger.warning("%s: could not record the failure: %s", feed.url, describe(exc),
                            extra={"event": "feed_error_not_recorded", "feed": feed.url})
@@ -338,7 +339,7 @@ class Worker:
         try:
             with self.harvester.engine.begin() as conn:
                 for feed_id in self.feeds:
-                    store.release_feed(conn, feed_id, owner)
+                    feedstate.release_feed(conn, feed_id, owner)
         except (DBAPIError, SQLAlchemyTimeout):
             pass  # the leases expire on their own
 

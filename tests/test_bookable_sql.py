@@ -1,6 +1,6 @@
 """bookable_at / bookable_now / opportunity_status through the real store on PostgreSQL.
 
-Items go in as the harvester writes them (records.to_rows, then store.write_page in one
+Items go in as the harvester writes them (records.to_rows, then pagewrite.write_page in one
 transaction per page); the answers are checked against the pure rules in
 harvester.bookability for the same data, and against the contract's columns.
 """
@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from harvester import bookability, records, store
+from harvester import bookability, feedstate, pagewrite, parents, records, sql
 from harvester.config import Source
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 from harvester.rpde import Item
 from harvester.sample import SamplePublisher
-from harvester.store import FeedRow, PageWrite
 
 Json = dict[str, Any]
 
@@ -68,7 +69,7 @@ class Harness:
     base: str | None = BASE
     feeds: dict[str, FeedRow] = field(default_factory=dict)
     pages: itertools.count = field(default_factory=lambda: itertools.count(1))
-    parents: store.ParentCache | None = None  # a worker's cache; None: a fresh one per page
+    parents: parents.ParentCache | None = None  # a worker's cache; None: a fresh one per page
 
     def __post_init__(self) -> None:
         with self.engine.begin() as conn:
@@ -77,8 +78,8 @@ class Harness:
     def sync(self, conn: Connection, base: str | None) -> None:
         """Register (or re-register) the source with a checkout base; reload its feeds."""
         source = Source(name=self.source, feeds=tuple(FEEDS.values()), checkout_base_url=base)
-        store.sync_source(conn, source, bookability.checkout_prefix(base))
-        rows = store.load_feeds(conn, [(self.source, url) for url in FEEDS.values()])
+        feedstate.sync_source(conn, source, bookability.checkout_prefix(base))
+        rows = feedstate.load_feeds(conn, [(self.source, url) for url in FEEDS.values()])
         by_url = {row.url: row for row in rows}
         self.feeds = {name: by_url[url] for name, url in FEEDS.items()}
 
@@ -91,7 +92,7 @@ class Harness:
         row = self.feeds[feed]
         next_url = f"{row.url}?page={next(self.pages)}"
         page = PageWrite(records.to_rows(items)[0], [], row.next_url, next_url, False)
-        store.write_page(conn, row, page, parents=self.parents)
+        pagewrite.write_page(conn, row, page, parents=self.parents)
         self.feeds[feed] = replace(row, next_url=next_url)
 
     def upsert(self, feed: str, rpde_id: str, data: Json, kind: str | None = None,
@@ -372,9 +373,9 @@ def test_sql_matches_the_pure_rules(engine: Engine, case: Case, order: str) -> N
 def test_cached_joins_follow_parent_changes_made_by_another_worker(engine: Engine) -> None:
     """A worker keeps resolved parents in memory; a change made elsewhere is never missed."""
     harness = Harness(engine)
-    mine, theirs = store.ParentCache(), store.ParentCache()
+    mine, theirs = parents.ParentCache(), parents.ParentCache()
 
-    def write(cache: store.ParentCache, feed: str, rpde_id: str, data: Json | None) -> None:
+    def write(cache: parents.ParentCache, feed: str, rpde_id: str, data: Json | None) -> None:
         harness.parents = cache
         if data is None:
             harness.delete(feed, rpde_id)
@@ -453,7 +454,7 @@ def parents_version(conn: Connection | Engine, source: str = "src") -> int:
     if isinstance(conn, Engine):
         with conn.connect() as own:
             return parents_version(own, source)
-    return int(conn.execute(text(store.PARENTS_VERSION), {"source": source}).scalar_one())
+    return int(conn.execute(text(sql.PARENTS_VERSION), {"source": source}).scalar_one())
 
 
 def test_parents_version_changes_with_every_ref_change_and_never_repeats(engine: Engine) -> None:
@@ -480,7 +481,7 @@ def test_parents_version_changes_with_every_ref_change_and_never_repeats(engine:
 
 def test_parent_cache_starts_afresh_for_a_new_version_or_when_full() -> None:
     """What was resolved under one version is never served under another; size is bounded."""
-    cache = store.ParentCache(limit=3)
+    cache = parents.ParentCache(limit=3)
     entries = cache.entries("src", 1)
     entries.update({"a": None, "b": None})
     assert cache.entries("src", 1) is entries

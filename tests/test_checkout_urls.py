@@ -10,10 +10,10 @@ from urllib.parse import quote, unquote
 import pytest
 from sqlalchemy import Engine, text
 
-from harvester import bookability, records, store
+from harvester import bookability, feedstate, pagewrite, records
 from harvester.config import Source
+from harvester.pagewrite import PageWrite
 from harvester.rpde import Item
-from harvester.store import PageWrite
 
 Json = dict[str, Any]
 
@@ -156,14 +156,14 @@ _modified = itertools.count(1)
 def write(engine: Engine, source: str, base: str | None, pages: dict[str, list[Item]]) -> None:
     """Register `source` with `base`, then write one page per feed through the store."""
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name=source, feeds=tuple(pages), checkout_base_url=base),
+        feedstate.sync_source(conn, Source(name=source, feeds=tuple(pages), checkout_base_url=base),
                           bookability.checkout_prefix(base))  # fmt: skip
-        feeds = store.load_feeds(conn, [(source, url) for url in pages])
+        feeds = feedstate.load_feeds(conn, [(source, url) for url in pages])
     for feed in feeds:
         page = PageWrite(records.to_rows(pages[feed.url])[0], [], feed.next_url,
                          f"{feed.url}?after=1", False)  # fmt: skip
         with engine.begin() as conn:
-            store.write_page(conn, feed, page)
+            pagewrite.write_page(conn, feed, page)
 
 
 def updated(kind: str, rpde_id: str, data: Json) -> Item:

@@ -18,7 +18,7 @@ from helpers import FAST_SETTINGS, feed_rows, parse_status, run_harvester, write
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from harvester import database, store
+from harvester import database, feedstate
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
 from harvester.fetch import Fetcher
@@ -160,8 +160,8 @@ def test_an_unexpected_error_is_recorded_in_last_error(
     monkeypatch.setattr(pipeline.records, "to_rows", broken)
     source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
     with engine.begin() as conn:
-        store.sync_source(conn, source, None)
-        feeds = store.load_feeds(conn)
+        feedstate.sync_source(conn, source, None)
+        feeds = feedstate.load_feeds(conn)
     settings = Settings(retry_attempts=1)
     fetcher = Fetcher(settings)
     harvester = Harvester(engine=engine, fetcher=fetcher, settings=settings,

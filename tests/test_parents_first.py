@@ -13,9 +13,9 @@ from sqlalchemy import Engine, text
 
 from harvester import cli
 from harvester.config import Config, Settings, Source
+from harvester.feedstate import FeedRow
 from harvester.pipeline import ParentsFirst
 from harvester.sample import Fault, SamplePublisher
-from harvester.store import FeedRow
 
 PAGE_SIZE = 50
 

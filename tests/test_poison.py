@@ -2,7 +2,7 @@
 
 Each poison item is put on a page between two good items. The pure checks say what the
 item becomes (repaired and held, or set aside with its reason); the database checks write
-the page with `store.write_page` on a real PostgreSQL and find every good item held, the
+the page with `pagewrite.write_page` on a real PostgreSQL and find every good item held, the
 poison where it should be, and the feed moved on.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from harvester import records, rpde, store
+from harvester import feedstate, pagewrite, rpde
 from harvester.config import Source
 from harvester.errors import InvalidPage
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 from harvester.pipeline import Parsed
-from harvester.store import FeedRow, PageWrite
 
 FEED_URL = "http://publisher.example/feed"
 NEXT_URL = f"{FEED_URL}?afterChangeNumber=3"
@@ -127,7 +128,7 @@ def body_of(case: Case) -> bytes:
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_a_poison_item_is_repaired_or_set_aside_alone(case: Case) -> None:
     parsed = parse(body_of(case))
-    ids = [row[records.RPDE_ID] for row in parsed.rows]
+    ids = [row.rpde_id for row in parsed.rows]
     assert ids[0] == "good1" and ids[-1] == "good3"
     assert set(ids) - {"good1", "good3"} >= set(case.held)
     for row in parsed.rows:  # nothing PostgreSQL text would refuse
@@ -145,8 +146,8 @@ def test_a_poison_item_is_repaired_or_set_aside_alone(case: Case) -> None:
 def add_feed(engine: Engine) -> FeedRow:
     """A source with the one feed."""
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name="src", feeds=(FEED_URL,)), None)
-        (feed,) = store.load_feeds(conn)
+        feedstate.sync_source(conn, Source(name="src", feeds=(FEED_URL,)), None)
+        (feed,) = feedstate.load_feeds(conn)
     return feed
 
 
@@ -154,7 +155,7 @@ def write(engine: Engine, feed: FeedRow, parsed: Parsed, *, one_by_one: bool = F
     """Commit the page; the rows the database refused."""
     page = PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url, False)
     with engine.begin() as conn:
-        return store.write_page(conn, feed, page, one_by_one=one_by_one).refused
+        return pagewrite.write_page(conn, feed, page, one_by_one=one_by_one).refused
 
 
 def stored(engine: Engine) -> tuple[set[str], list[str], str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, make_url, text
 
-from harvester import database, store
+from harvester import database, parents, sql
 
 CHILDREN = 300_000
 PARENTS = 3_000
@@ -216,11 +216,11 @@ def test_bookable_now_first_page_uses_an_index(loaded: Loaded) -> None:
 
 
 def test_parent_change_recomputes_through_the_parent_ref_index(loaded: Loaded) -> None:
-    """store.CHILDREN_OF_REFS for a few refs finds the children by ix_items_parent_ref."""
+    """sql.CHILDREN_OF_REFS for a few refs finds the children by ix_items_parent_ref."""
     refs = [f"{HOST}/session-series/{i}" for i in (1, 2, 10)]
     with loaded.engine.connect() as conn:
-        plan = explain(conn, store.CHILDREN_OF_REFS, {"source": SOURCE, "refs": refs},
-                       "store.CHILDREN_OF_REFS (3 refs)")  # fmt: skip
+        plan = explain(conn, sql.CHILDREN_OF_REFS, {"source": SOURCE, "refs": refs},
+                       "sql.CHILDREN_OF_REFS (3 refs)")  # fmt: skip
     print(summary(plan))
     assert seq_scans_of_items(plan) == []
     assert "ix_items_parent_ref" in indexes_used(plan)
@@ -230,12 +230,13 @@ def test_recompute_changes_only_that_parents_children(loaded: Loaded) -> None:
     """Running the recompute after a parent's offer breaks touches its 100 children only."""
     ref = f"{HOST}/session-series/7"
     with loaded.engine.connect() as conn:
-        # What store.refresh_parents does when a parent's offer breaks: item and refs copy.
+        # What parents.refresh_parents does when a parent's offer breaks: item and refs copy.
         conn.execute(text("UPDATE harvester.items SET offer_problem = 'broken'"
                           " WHERE source = :s AND rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
         conn.execute(text("UPDATE harvester.parent_refs SET offer_problem = 'broken'"
-                          " WHERE source = :s AND parent_rpde_id = 'p7'"), {"s": SOURCE})  # fmt: skip
-        changed = store.rejoin_children(conn, SOURCE, [ref])
+                          " WHERE source = :s AND parent_rpde_id = 'p7'"),
+                     {"s": SOURCE})  # fmt: skip
+        changed = parents.rejoin_children(conn, SOURCE, [ref])
         still = conn.execute(
             text("SELECT count(*) FROM harvester.items WHERE parent_ref = :r"
                  " AND bookable IS NOT NULL"), {"r": ref},

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from harvester import records, rpde, store
+from harvester import feedstate, pagewrite, records, rpde
 from harvester.config import Source
 from harvester.errors import LeaseLost
-from harvester.store import FeedRow, PageWrite
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 
 URL = "https://publisher.example/feed"
 LAST = f"{URL}?after=9"
@@ -32,21 +33,21 @@ def item(rpde_id: str, modified: int) -> dict[str, Any]:
 def add_feed(engine: Engine) -> FeedRow:
     """A source with one feed at its first page."""
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name="src", feeds=(URL,)), None)
-        (feed,) = store.load_feeds(conn)
+        feedstate.sync_source(conn, Source(name="src", feeds=(URL,)), None)
+        (feed,) = feedstate.load_feeds(conn)
     return feed
 
 
 def read(engine: Engine, feed_id: int) -> FeedRow:
     """The feed as a worker reads it before fetching."""
     with engine.begin() as conn:
-        return store.load_feed(conn, feed_id)
+        return feedstate.load_feed(conn, feed_id)
 
 
 def claim(engine: Engine, feed: FeedRow, owner: str) -> None:
     """Take the feed's lease."""
     with engine.begin() as conn:
-        assert store.claim_feed(conn, feed.id, owner, 15.0)
+        assert feedstate.claim_feed(conn, feed.id, owner, 15.0)
 
 
 def commit(
@@ -58,7 +59,7 @@ def commit(
     last = page.is_last
     write = PageWrite(records.to_rows(page.items)[0], page.rejected, page.url, page.next_url, last)
     with engine.begin() as conn:
-        return store.write_page(conn, feed, write, owner=owner).feed
+        return pagewrite.write_page(conn, feed, write, owner=owner).feed
 
 
 def harvest(engine: Engine, feed: FeedRow, items: list[Any], owner: str | None) -> FeedRow:
@@ -94,11 +95,11 @@ def test_a_worker_paused_past_a_finished_backfill_drops_its_page(
     assert stale.next_url == LAST
 
     with engine.begin() as conn:  # meanwhile `harvester backfill`, by worker B
-        backfill = store.start_backfill(conn, feed.id)
+        backfill = feedstate.start_backfill(conn, feed.id)
     claim(engine, backfill, "worker-b")
     after = harvest(engine, backfill, [item("keep", 2)], "worker-b")  # "vanishes" is gone
     with engine.begin() as conn:
-        store.release_feed(conn, feed.id, "worker-b")
+        feedstate.release_feed(conn, feed.id, "worker-b")
     assert set(held(engine)) == {"keep"} and after.generation == 1
 
     with pytest.raises(LeaseLost):  # A wakes and commits the page it read before
@@ -109,7 +110,7 @@ def test_a_worker_paused_past_a_finished_backfill_drops_its_page(
 
     # The next backfill still sweeps what its pass does not see again.
     with engine.begin() as conn:
-        again = store.start_backfill(conn, feed.id)
+        again = feedstate.start_backfill(conn, feed.id)
     if owner:
         claim(engine, again, owner)  # a new backfill cleared the lease: taken afresh
     harvest(engine, again, [], owner)
@@ -124,7 +125,7 @@ def test_a_backfill_started_between_read_and_commit_loses_nothing(engine: Engine
     first = read(engine, feed.id)  # the worker reads the first page's position...
 
     with engine.begin() as conn:  # ...`harvester backfill` starts before it commits
-        backfill = store.start_backfill(conn, feed.id)
+        backfill = feedstate.start_backfill(conn, feed.id)
     assert backfill.next_url == first.next_url  # the same URL: the position alone can't tell
 
     with pytest.raises(LeaseLost):
@@ -159,8 +160,8 @@ def test_claiming_a_feed_another_worker_has_locked_does_not_wait(engine: Engine)
                       {"id": feed.id})  # fmt: skip
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait would fail the test
-            assert not store.claim_feed(conn, feed.id, "me", 15.0)
-            store.renew_leases(conn, [feed.id], "me", 15.0)  # nor does renewing
+            assert not feedstate.claim_feed(conn, feed.id, "me", 15.0)
+            feedstate.renew_leases(conn, [feed.id], "me", 15.0)  # nor does renewing
         other.rollback()
     with engine.begin() as conn:
-        assert store.claim_feed(conn, feed.id, "me", 15.0)
+        assert feedstate.claim_feed(conn, feed.id, "me", 15.0)

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from harvester import pipeline, rpde, store
+from harvester import feedstate, pagewrite, pipeline, rpde
 from harvester.config import Source
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 from harvester.pipeline import BATCH_ITEMS, Parsed, take_batch
 from harvester.readahead import PageStream
-from harvester.store import FeedRow, PageWrite
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def test_a_batch_ends_at_the_feeds_end_and_at_a_large_page() -> None:
 def add_feed(engine: Engine, name: str) -> FeedRow:
     """A source `name` with the one feed."""
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name=name, feeds=(URL,)), None)
-        (feed,) = store.load_feeds(conn, [(name, URL)])
+        feedstate.sync_source(conn, Source(name=name, feeds=(URL,)), None)
+        (feed,) = feedstate.load_feeds(conn, [(name, URL)])
     return feed
 
 
@@ -187,9 +188,9 @@ def test_pages_written_together_end_as_written_one_by_one(engine: Engine) -> Non
     apart, together = add_feed(engine, "apart"), add_feed(engine, "together")
     for parsed in pages:
         with engine.begin() as conn:
-            apart = store.write_page(conn, apart, as_write(parsed)).feed
+            apart = pagewrite.write_page(conn, apart, as_write(parsed)).feed
     with engine.begin() as conn:
-        together = store.write_pages(conn, together, [as_write(p) for p in pages]).feed
+        together = pagewrite.write_pages(conn, together, [as_write(p) for p in pages]).feed
     assert held(engine, "together") == held(engine, "apart")
     assert set(held(engine, "apart")) == {"a", "b", "c", "d"}
     assert held(engine, "apart")["a"]["name"] == "a2"

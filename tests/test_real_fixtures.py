@@ -20,7 +20,7 @@ import pytest
 from conftest import FIXTURES
 from sqlalchemy import Engine, text
 
-from harvester import store
+from harvester import feedstate
 from harvester.config import Settings, Source
 from harvester.fetch import Fetcher
 from harvester.pipeline import Harvester
@@ -219,8 +219,8 @@ def harvest(engine: Engine, pages: list[ServedPage]) -> Outcome:
     """Register the feed and harvest it through the real pipeline until its last page."""
     feed_url = pages[0].url
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name=SOURCE, feeds=(feed_url,)), "https://checkout.test/")
-        (feed,) = store.load_feeds(conn, [(SOURCE, feed_url)])
+        feedstate.sync_source(conn, Source(name=SOURCE, feeds=(feed_url,)), "https://checkout.test/")
+        (feed,) = feedstate.load_feeds(conn, [(SOURCE, feed_url)])
     requested: list[str] = []
     settings = Settings(retry_attempts=1)
     fetcher = Fetcher(settings, transport=mock_transport(pages, requested))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from harvester import records, rpde, store
+from harvester import feedstate, pagewrite, records, rpde
 from harvester.config import Source
 
 PAGE = (
@@ -29,10 +29,9 @@ def test_rows_hold_no_nul_and_clean_rows_are_untouched() -> None:
     (dirty, clean), unstorable = records.to_rows(page.items)
     assert unstorable == []
     assert not any(isinstance(value, str) and "\x00" in value for value in dirty)
-    column = {name: dirty[index] for index, name in enumerate(records.ROW_COLUMNS)}
-    assert column["rpde_id"] == "a\ufffdb" and column["identifier"] == "id\ufffd1"
-    assert column["parent_ref"] == "https://x.example/p\ufffd"
-    assert "\\u0000" not in column["data"] and "Yoga\ufffd" in column["data"]
+    assert dirty.rpde_id == "a\ufffdb" and dirty.identifier == "id\ufffd1"
+    assert dirty.parent_ref == "https://x.example/p\ufffd"
+    assert "\\u0000" not in dirty.data and "Yoga\ufffd" in dirty.data
     assert clean == records.to_row(page.items[1])
 
 
@@ -41,10 +40,11 @@ def test_a_page_with_nul_is_stored(engine: Engine) -> None:
     page = rpde.parse_page("http://pub.example/feed", PAGE)
     source = Source(name="s", feeds=("http://pub.example/feed",))
     with engine.begin() as conn:
-        store.sync_source(conn, source, None)
-        feed = store.load_feeds(conn)[0]
-        write = store.PageWrite(records.to_rows(page.items)[0], [], feed.url, page.next_url, False)
-        store.write_page(conn, feed, write)
+        feedstate.sync_source(conn, source, None)
+        feed = feedstate.load_feeds(conn)[0]
+        rows = records.to_rows(page.items)[0]
+        write = pagewrite.PageWrite(rows, [], feed.url, page.next_url, False)
+        pagewrite.write_page(conn, feed, write)
     with engine.connect() as conn:
         ids = conn.execute(text("SELECT rpde_id FROM harvester.items ORDER BY 1")).scalars()
         assert list(ids) == ["a\ufffdb", "plain"]

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DataError, OperationalError
 
-from harvester import records, rpde, store
+from harvester import fastpath, feedstate, pagewrite, records, rpde
 from harvester.config import Source
 from harvester.errors import LeaseLost
-from harvester.store import FeedRow, PageWrite
+from harvester.feedstate import FeedRow
+from harvester.pagewrite import PageWrite
 
 FEED_URL = "https://publisher.example/feed"
 KIND = "ScheduledSession"
@@ -26,8 +27,8 @@ Held = dict[tuple[str, str], dict[str, Any]]
 def add_feed(engine: Engine, source: str = "src", url: str = FEED_URL) -> FeedRow:
     """Register a source with one feed; its stored row."""
     with engine.begin() as conn:
-        store.sync_source(conn, Source(name=source, feeds=(url,)), "https://checkout.example/")
-        (feed,) = store.load_feeds(conn, [(source, url)])
+        feedstate.sync_source(conn, Source(name=source, feeds=(url,)), "https://checkout.example/")
+        (feed,) = feedstate.load_feeds(conn, [(source, url)])
     return feed
 
 
@@ -55,7 +56,7 @@ def write(
         records.to_rows(page.items)[0], page.rejected, page.url, page.next_url, page.is_last
     )
     with engine.begin() as conn:
-        store.write_page(conn, feed, page_write, owner=owner)
+        pagewrite.write_page(conn, feed, page_write, owner=owner)
     return replace(feed, next_url=page.next_url)
 
 
@@ -274,7 +275,7 @@ def test_reharvest_does_not_duplicate_rejected_items(engine: Engine) -> None:
     write(engine, feed, [item("ok", 1), *BROKEN], f"{FEED_URL}?p=2")
     # The feed is harvested again from its first page (a restart, or a backfill).
     with engine.begin() as conn:
-        feed = store.start_backfill(conn, feed.id)
+        feed = feedstate.start_backfill(conn, feed.id)
     feed = write(engine, feed, [item("ok", 1), *BROKEN], f"{FEED_URL}?p=2")
     assert len(rejected_rows(engine)) == 3
     # The same broken item with an id, seen again on another page: still one row.
@@ -290,7 +291,7 @@ def test_reharvest_does_not_duplicate_rejected_items(engine: Engine) -> None:
 def test_page_statement_errors_are_sqlalchemy_errors(engine: Engine) -> None:
     """A value the database refuses comes out as sqlalchemy DataError (a feed problem)."""
     with engine.begin() as conn, pytest.raises(DataError) as caught:
-        store.run(conn, "SELECT CAST(:value AS integer)", {"value": "not a number"})
+        fastpath.run(conn, "SELECT CAST(:value AS integer)", {"value": "not a number"})
     assert isinstance(caught.value.orig, psycopg.errors.InvalidTextRepresentation)
     assert not caught.value.connection_invalidated
     assert "[parameters:" not in str(caught.value)  # a page's arrays are not logged whole
@@ -303,7 +304,7 @@ def test_a_lost_connection_is_invalidated_and_replaced(engine: Engine) -> None:
         with engine.connect() as killer:
             killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with pytest.raises(OperationalError) as caught:
-            store.run(conn, "SELECT 1")
+            fastpath.run(conn, "SELECT 1")
         assert caught.value.connection_invalidated
         assert conn.invalidated
     with engine.connect() as conn:
@@ -313,6 +314,30 @@ def test_a_lost_connection_is_invalidated_and_replaced(engine: Engine) -> None:
 def test_psycopg_sql_names_parameters_and_keeps_casts() -> None:
     """`:name` becomes `%(name)s`; `::type` casts and literal percent signs survive."""
     sql = "SELECT :a::jsonb, CAST(:b_2 AS text[]), 'x%' LIKE :c, now()::date"
-    assert store.psycopg_sql(sql) == (
+    assert fastpath.psycopg_sql(sql) == (
         "SELECT %(a)s::jsonb, CAST(%(b_2)s AS text[]), 'x%%' LIKE %(c)s, now()::date"
     )
+
+
+def test_the_staging_table_is_the_row_type_typed_as_items(engine: Engine) -> None:
+    """records.Row is the one column list: the staging table has its fields, in order, and
+    each field items keeps has items' own type there (data and the window ends excepted)."""
+    types = """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
+        WHERE a.attnum > 0 AND NOT a.attisdropped
+          AND (c.relname = 'harvester_staging' AND c.relpersistence = 't'
+               OR c.relname = 'items' AND c.relnamespace = 'harvester'::regnamespace)
+        ORDER BY c.relname, a.attnum
+    """
+    with engine.connect() as conn:
+        found = conn.execute(text(types)).all()
+    staging = [(name, kind) for table, name, kind in found if table == "harvester_staging"]
+    items = {name: kind for table, name, kind in found if table == "items"}
+    assert [name for name, _ in staging] == list(records.Row._fields)
+    staged_only = {"data", "bookable_from", "bookable_until"}
+    assert set(records.Row._fields) - set(items) == {"bookable_from", "bookable_until"}
+    assert all(kind == items[name] for name, kind in staging if name not in staged_only)
+    assert {name for name in items} - set(records.Row._fields) == {
+        "source", "feed_id", "seen_generation", "updated_at", "bookable"
+    }

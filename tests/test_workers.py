@@ -116,12 +116,12 @@ def assert_exact(engine: Engine, db_url: str, publisher: SamplePublisher) -> Non
 
 def stale_children(engine: Engine) -> int:
     """Children whose stored parent join differs from one computed afresh (rolled back)."""
-    from harvester import store
+    from harvester import parents
 
     with engine.connect() as conn:
         refs = conn.execute(text("SELECT array_agg(DISTINCT parent_ref) FROM harvester.items"
                                  " WHERE role = 'child'")).scalar()  # fmt: skip
-        count = store.rejoin_children(conn, "sample", refs or [])
+        count = parents.rejoin_children(conn, "sample", refs or [])
         conn.rollback()
     return count
 
