@@ -76,6 +76,7 @@ class Child(NamedTuple):
     problem: str | None  # why this child itself cannot be booked, or None
     embedded_type: str | None  # the embedded parent's type, when the child carries one
     embedded_offer: Offer | None
+    embedded_seller: str | None  # the embedded parent's seller (rule 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class Parent:
     id: str | None
     refs: tuple[str, ...]  # its own @id and its individualFacilityUse[] @ids
     offer: Offer
+    seller: str | None = None  # rule 7: the organisation that sells it
 
 
 def type_of(kind: str, data: dict[str, Any] | None) -> str:
@@ -121,6 +123,7 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
         start_problem or child_problem(data),
         embedded_type(item_type, embedded),
         read_offer(embedded) if embedded is not None else None,
+        seller_of(embedded) if embedded is not None else None,
     )
 
 
@@ -139,7 +142,17 @@ def read_parent(item_type: str, data: dict[str, Any]) -> Parent:
         ref = reference_of(individual)
         if ref and ref not in refs:
             refs.append(ref)
-    return Parent(type=item_type, id=own, refs=tuple(refs), offer=read_offer(data))
+    return Parent(item_type, own, tuple(refs), read_offer(data), seller_of(data))
+
+
+def seller_of(parent: dict[str, Any]) -> str | None:
+    """Rule 7's seller of a parent: a SessionSeries' `superEvent.organizer`, else its own
+    `organizer`; a FacilityUse's `provider` (each an @id, or a URL string)."""
+    event = parent.get("superEvent")
+    for holder, key in ((event, "organizer"), (parent, "organizer"), (parent, "provider")):
+        if isinstance(holder, dict) and (seller := reference_of(holder.get(key))):
+            return seller
+    return None
 
 
 def child_problem(data: dict[str, Any]) -> str | None:

@@ -1,9 +1,10 @@
-"""The `harvester` command: migrate, run, backfill, status and demo."""
+"""The `harvester` command: migrate, run, backfill, status, checkout, serve and demo."""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -11,13 +12,23 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
-from harvester import __version__, bookability, database, feedstate, metrics, redact, report
+from harvester import (
+    __version__,
+    attribution,
+    bookability,
+    database,
+    feedstate,
+    metrics,
+    redact,
+    report,
+)
 from harvester.config import Config, load_config
-from harvester.errors import ConfigError, DatabaseError, HarvesterError
+from harvester.errors import CheckoutFailed, ConfigError, DatabaseError, HarvesterError, NotBookable
 from harvester.fetch import Fetcher
 from harvester.logs import setup_logging
 from harvester.pipeline import Harvester
@@ -45,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatabaseError as exc:
         print(f"harvester: database error: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_DATABASE
+    except NotBookable as exc:
+        print(f"harvester: not bookable: {redact.scrub(exc.reason)}", file=sys.stderr)
+        return EXIT_FAILED_FEEDS
+    except CheckoutFailed as exc:
+        print(f"harvester: checkout failed: {redact.scrub(exc.reason)}", file=sys.stderr)
+        return EXIT_FAILED_FEEDS
     except HarvesterError as exc:
         print(f"harvester: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_FAILED_FEEDS
@@ -77,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--source", action="append", help="only this source (repeatable)")
     backfill.add_argument("--feed", action="append", help="only this feed URL (repeatable)")
     add("status", command_status, "one line per feed")
+    checkout = add("checkout", command_checkout, "a checkout URL for one bookable opportunity")
+    checkout.add_argument("id", help="the opportunity's @id (or, with --source, its identifier)")
+    checkout.add_argument("--source", help="the source holding it")
+    checkout.add_argument("--customer", metavar="FILE",
+                          help="JSON customer details for the authenticated route (- for stdin)")
+    checkout.add_argument("--json", action="store_true", help='print {"url": ..., "route": ...}')
+    serve = add("serve", command_serve,
+                "HTTP API for checkout sessions (needs HARVESTER_API_TOKEN)")  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="default 8080")
     demo = add("demo", command_demo, "sample publisher + embedded PostgreSQL, end to end")
     demo.add_argument("--items", type=int, default=2_000, help="sample items to publish")
     demo.add_argument("--keep-running", action="store_true",
@@ -141,6 +168,74 @@ def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def command_checkout(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester checkout ID [--source NAME] [--customer FILE|-] [--json]`."""
+    from harvester.checkout import Checkout
+
+    config = read_config(args, environ)
+    customer = read_customer(args.customer)
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+        checkout = Checkout(engine, config)
+        try:
+            session = create_by_id_or_identifier(checkout, args.id, args.source, customer)
+        finally:
+            checkout.close()
+    if args.json:
+        print(json.dumps({"url": session.url, "route": session.route}))
+    else:
+        print(session.url)
+    return EXIT_OK
+
+
+def create_by_id_or_identifier(
+    checkout: Any, key: str, source: str | None, customer: dict[str, Any] | None
+) -> Any:
+    """By @id; with a source, by identifier when no @id matches."""
+    try:
+        return checkout.create(id=key, source=source, customer=customer)
+    except NotBookable as exc:
+        if source is None or "no such opportunity" not in exc.reason:
+            raise
+    return checkout.create(source=source, identifier=key, customer=customer)
+
+
+def read_customer(path: str | None) -> dict[str, Any] | None:
+    """The customer object from a JSON file or stdin; its content is never shown."""
+    if path is None:
+        return None
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        customer = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"--customer {path}: not a readable JSON file ({type(exc).__name__})"
+        ) from None
+    if not isinstance(customer, dict):
+        raise ConfigError(f"--customer {path}: expected a JSON object")
+    return customer
+
+
+def command_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester serve [--host 127.0.0.1] [--port 8080]`."""
+    from harvester import api
+    from harvester.checkout import Checkout
+
+    token = environ.get("HARVESTER_API_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("HARVESTER_API_TOKEN is not set: the HTTP API will not start without it")
+    redact.register_secrets([token])
+    config = read_config(args, environ)
+    with open_database(args, environ) as engine:
+        database.migrate(engine)
+        checkout = Checkout(engine, config)
+        try:
+            api.serve(checkout, token, engine, host=args.host, port=args.port)
+        finally:
+            checkout.close()
+    return EXIT_OK
+
+
 def command_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`harvester demo`: everything local, nothing to set up."""
     from harvester import demo
@@ -167,8 +262,10 @@ def harvest(
     )  # fmt: skip
     try:
         with stop_on_signals(stop), report.progress_display(harvester, enabled=progress):
+            attribution.keep_fresh(engine, fetcher, config, stop)
             return Worker(harvester, feeds, once=once).run()
     finally:
+        stop.set()  # the attribution thread, if any, ends with the run
         fetcher.close()
 
 
@@ -196,7 +293,7 @@ def sync_sources(conn: Any, config: Config) -> None:
 
 def config_pairs(config: Config) -> list[tuple[str, str]]:
     """(source, feed URL) of every configured feed."""
-    return [(source.name, url) for source in config.sources for url in source.feeds]
+    return [(source.name, url) for source in config.sources for url, _ in source.feed_purposes()]
 
 
 def select_feeds(

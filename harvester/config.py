@@ -12,7 +12,14 @@ from urllib.parse import urlsplit
 
 from harvester.errors import ConfigError
 
-SOURCE_KEYS = frozenset({"name", "feeds", "checkout_base_url", "headers"})
+SOURCE_KEYS = frozenset({
+    "name", "feeds", "checkout_base_url", "headers", "checkout_route", "broker",
+    "bookable_sellers_feed", "attribution_feed",
+})  # fmt: skip
+# How a booker is sent to checkout (contract, "Checkout sessions"): a URL built from the
+# identifier, or a checkout session created by imin's Standalone or Authenticated Checkout.
+CHECKOUT_ROUTES = ("guest", "standalone", "authenticated")
+BROKER_KEYS = frozenset({"name", "url"})
 # The name is part of every indexed key, beside ids of up to 1,000 bytes (rpde.py).
 MAX_SOURCE_NAME_BYTES = 100
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -27,6 +34,14 @@ LINE_BREAKS_AND_NUL = {
 
 
 @dataclass(frozen=True)
+class Broker:
+    """The organisation booking on the authenticated route, as imin's Checkout is told."""
+
+    name: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class Source:
     """One publisher: its feeds, the headers sent to it, and where checkouts go."""
 
@@ -35,6 +50,18 @@ class Source:
     checkout_base_url: str | None = None
     # Header values may hold API keys: kept out of repr so they are never logged.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    checkout_route: str = "guest"
+    broker: Broker | None = None
+    bookable_sellers_feed: str | None = None  # RPDE: its items are the sellers that can be booked
+    attribution_feed: str | None = None  # the Datasets whose attribution the licence requires
+
+    def feed_purposes(self) -> tuple[tuple[str, str], ...]:
+        """(url, purpose) of every feed harvested for the source: its opportunity feeds,
+        then its bookable sellers feed, if any."""
+        feeds = tuple((url, "opportunities") for url in self.feeds)
+        if self.bookable_sellers_feed is None:
+            return feeds
+        return (*feeds, (self.bookable_sellers_feed, "sellers"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,10 @@ class Settings:
     lease_seconds: float = 15.0  # a dead worker's feeds are taken over after this
     # /healthz fails when no feed has committed a page (a last-page poll counts) for this long.
     unhealthy_after_seconds: float = 900.0
+    # A checkout session is asked for while a booker waits: few, short retries.
+    checkout_attempts: int = 3
+    checkout_retry_seconds: float = 20.0
+    attribution_refresh_seconds: float = 3600.0  # how often an attribution feed is read again
 
 
 @dataclass(frozen=True)
@@ -134,7 +165,48 @@ def parse_source(
         raw.get("headers", {}), environ, path, f"{key}.headers",
         warnings if warnings is not None else [],
     )  # fmt: skip
-    return Source(name=name, feeds=urls, checkout_base_url=base, headers=headers)
+    route = _parse_route(raw, base, path, key)
+    sellers = raw.get("bookable_sellers_feed")
+    if sellers is not None:
+        sellers = _check_feed_url(sellers, path, f"{key}.bookable_sellers_feed")
+        if sellers in urls:
+            raise ConfigError(f"{path}: {key}.bookable_sellers_feed: also listed in feeds")
+    attribution = raw.get("attribution_feed")
+    if attribution is not None:
+        attribution = _check_feed_url(attribution, path, f"{key}.attribution_feed")
+    return Source(
+        name=name, feeds=urls, checkout_base_url=base, headers=headers, checkout_route=route,
+        broker=_parse_broker(raw.get("broker"), route, path, f"{key}.broker"),
+        bookable_sellers_feed=sellers, attribution_feed=attribution,
+    )  # fmt: skip
+
+
+def _parse_route(raw: dict[str, Any], base: str | None, path: str, key: str) -> str:
+    route = raw.get("checkout_route", "guest")
+    if route not in CHECKOUT_ROUTES:
+        raise ConfigError(f"{path}: {key}.checkout_route: one of {', '.join(CHECKOUT_ROUTES)}")
+    if route != "guest" and base is None:
+        raise ConfigError(f"{path}: {key}.checkout_route: {route} needs checkout_base_url")
+    return str(route)
+
+
+def _parse_broker(raw: Any, route: str, path: str, key: str) -> Broker | None:
+    if raw is None:
+        if route == "authenticated":
+            raise ConfigError(f"{path}: {key}: the authenticated route sends a broker: missing")
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key}: expected a table with name and url")
+    unknown = sorted(set(raw) - BROKER_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: {key}.{unknown[0]}: unknown key (name, url)")
+    name = _require(raw, "name", str, path, f"{key}.name").strip()
+    if not name:
+        raise ConfigError(f"{path}: {key}.name: must not be empty")
+    url = raw.get("url")
+    if url is not None:
+        url = _check_feed_url(url, path, f"{key}.url")
+    return Broker(name=name, url=url)
 
 
 def parse_settings(raw: Any, path: str) -> Settings:

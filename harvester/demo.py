@@ -7,15 +7,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import make_url, text
 
 from harvester import database, feedstate, report
-from harvester.config import Config, parse_config
+from harvester.checkout import Checkout
+from harvester.config import Broker, Config, parse_config
+from harvester.errors import CheckoutError
 from harvester.sample import SamplePublisher
+from harvester.sample.checkout import SampleCheckout
 
 DEMO_DATABASE = "harvester_demo"
+DEMO_CHECKOUT_KEY = "sample-checkout-key"  # the sample checkout server's default
+DEMO_CUSTOMER = {"type": "Person", "email": "booker@example.com", "givenName": "Sam"}
 
 
 def run_demo(
@@ -26,10 +32,11 @@ def run_demo(
         engine = database.make_engine(url)
         try:
             database.migrate(engine)
-            with SamplePublisher(items=args.items) as publisher:
+            with SamplePublisher(items=args.items) as publisher, SampleCheckout() as checkout:
                 config = parse_config(publisher.to_config_toml(), environ, "<demo>")
                 harvest_once(engine, config, harvest)
                 show_results(engine)
+                show_checkout_sessions(engine, config, checkout.base_url)
                 if args.keep_running:
                     print(f"\nharvesting until Ctrl-C; query it meanwhile:\n"
                           f"  psql '{libpq_url(url)}' -c 'SELECT * FROM bookable_now'")
@@ -51,6 +58,34 @@ def harvest_once(engine: Any, config: Config, harvest: Callable[..., Any]) -> No
           f"({rate:,.0f} items/s)")  # fmt: skip
     for feed, reason in outcome.failures.items():
         print(f"FAILED {feed}: {reason}", file=sys.stderr)
+
+
+def show_checkout_sessions(engine: Any, config: Config, checkout_base: str) -> None:
+    """The soonest bookable opportunity taken to the sample checkout server (at
+    `checkout_base`, with its API key) by both checkout session routes."""
+    with engine.connect() as conn:
+        soonest = feedstate.bookable_now(conn, 1)
+    if not soonest:
+        return
+    opportunity = soonest[0].id
+    source = replace(config.sources[0], checkout_base_url=checkout_base,
+                     headers={"X-API-KEY": DEMO_CHECKOUT_KEY})  # fmt: skip
+    routes = {
+        "standalone": replace(source, checkout_route="standalone"),
+        "authenticated": replace(source, checkout_route="authenticated",
+                                 broker=Broker("Demo Broker", "https://broker.example")),
+    }  # fmt: skip
+    print(f"\ncheckout sessions for {opportunity}:")
+    for route, routed in routes.items():
+        checkout = Checkout(engine, replace(config, sources=(routed,)))
+        try:
+            session = checkout.create(id=opportunity, customer=DEMO_CUSTOMER)
+        except CheckoutError as exc:
+            print(f"  {route:<13} failed: {exc.reason}")
+            continue
+        finally:
+            checkout.close()
+        print(f"  {route:<13} {session.url}")
 
 
 def show_results(engine: Any) -> None:

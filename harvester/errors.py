@@ -52,6 +52,22 @@ class InternalError(HarvesterError):
     """The harvester itself is wrong (a statement the server refuses as invalid, say)."""
 
 
+class CheckoutError(HarvesterError):
+    """A checkout session could not be created; `reason` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotBookable(CheckoutError):
+    """The opportunity is not bookable now, or the publisher refused it: nothing to buy."""
+
+
+class CheckoutFailed(CheckoutError):
+    """The checkout server failed (5xx, 429, timeouts past the retries, or a bad answer)."""
+
+
 class LeaseLost(HarvesterError):
     """Another worker moved this feed on; the page is rolled back and the feed left to it."""
 

@@ -25,6 +25,7 @@ class FeedRow:
     generation: int
     backfill_generation: int | None
     retry_at: datetime | None = None
+    purpose: str = "opportunities"  # or sellers: a bookable sellers feed (rule 7)
 
     @property
     def write_generation(self) -> int:
@@ -34,9 +35,11 @@ class FeedRow:
 
 def sync_source(conn: Connection, source: Source, prefix: str | None) -> None:
     """Register a source (and its checkout base) and its feeds."""
-    conn.execute(text(sql.UPSERT_SOURCE), {"name": source.name, "prefix": prefix})
-    for url in source.feeds:
-        conn.execute(text(sql.ADD_FEED), {"source": source.name, "url": url})
+    checks_sellers = source.bookable_sellers_feed is not None
+    params = {"name": source.name, "prefix": prefix, "checks_sellers": checks_sellers}
+    conn.execute(text(sql.UPSERT_SOURCE), params)
+    for url, purpose in source.feed_purposes():
+        conn.execute(text(sql.ADD_FEED), {"source": source.name, "url": url, "purpose": purpose})
 
 
 def load_feeds(conn: Connection, pairs: Sequence[tuple[str, str]] | None = None) -> list[FeedRow]:

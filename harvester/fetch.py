@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 
 import httpcore
 import httpx
+import orjson
 import tenacity
 
 from harvester import __version__
@@ -114,6 +115,30 @@ class Fetcher:
             # The exception text never carries request headers, so API keys stay out of logs.
             raise RetriableFeedError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
 
+    def post_json(self, url: str, headers: Mapping[str, str], body: Any) -> tuple[int, Any]:
+        """POST a JSON body; the status and the decoded JSON answer (None if not JSON).
+
+        5xx, 429 and transport failures raise RetriableFeedError (with any Retry-After);
+        redirects are not followed: a checkout session is created where it was asked for.
+        Error messages never quote the request body (it may carry customer details).
+        """
+        seconds = self.settings.request_deadline_seconds
+        with self._host_slot(url), request_deadline(seconds) as deadline:
+            try:
+                request_headers = {**headers, "Content-Type": "application/json",
+                                   "Accept": "application/json"}  # fmt: skip
+                content = orjson.dumps(body)
+                with self.client.stream("POST", url, headers=request_headers,
+                                        content=content) as response:  # fmt: skip
+                    check_answer(url, response)
+                    answer = read_capped(url, response, self.settings.max_page_bytes)
+                    return response.status_code, _json_or_none(answer)
+            except httpx.TransportError as exc:
+                if deadline.expired:
+                    message = f"{url}: no complete answer within {deadline.seconds:g} s"
+                    raise RetriableFeedError(message, url=url) from exc
+                raise RetriableFeedError(f"{url}: {type(exc).__name__}", url=url) from exc
+
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
         host = "{}://{}:{}".format(*origin_of(url))
         with self._lock:
@@ -137,6 +162,21 @@ def check_status(url: str, response: httpx.Response) -> None:
     if status == 429 or status >= 500:
         raise RetriableFeedError(message, url=url, retry_after=retry_after)
     raise FatalFeedError(f"{message}: refused (check the source's headers)", url=url)
+
+
+def check_answer(url: str, response: httpx.Response) -> None:
+    """A POST's answer: 429 and 5xx are passing failures (retried); the rest are answers."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+        raise RetriableFeedError(f"{url}: HTTP {status}", url=url, retry_after=retry_after)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def read_capped(url: str, response: httpx.Response, limit: int) -> bytes:

@@ -30,6 +30,7 @@ class PageWrite:
     page_url: str
     next_url: str
     caught_up: bool
+    license: str | None = None  # the page's RPDE `license`, kept on the feed for attribution
 
 
 class Written(NamedTuple):
@@ -93,8 +94,10 @@ def write_pages(
                         [*page.rejected, *(refused if page is last else ())])  # fmt: skip
     if finishing:
         sweep_unseen(conn, feed)
+    license = next((page.license for page in reversed(pages) if page.license), None)
     moved = advance_feed(conn, feed, last.next_url, len(rows), len(pages), last.caught_up,
-                         owner=owner, finishing=finishing, lease_seconds=lease_seconds)  # fmt: skip
+                         owner=owner, finishing=finishing, lease_seconds=lease_seconds,
+                         license=license)  # fmt: skip
     return Written(moved, refused)
 
 
@@ -224,6 +227,7 @@ def advance_feed(
     owner: str | None,
     finishing: bool,
     lease_seconds: float,
+    license: str | None = None,
 ) -> FeedRow:
     """Move the feed to `next_url`, only if nobody moved it since it was read; its new row."""
     result = run(
@@ -234,6 +238,7 @@ def advance_feed(
             "count": count, "pages": pages, "caught_up": caught_up,
             "state": "caught_up" if caught_up else "harvesting",
             "finish_backfill": finishing, "owner": owner, "lease_seconds": lease_seconds,
+            "license": license,
         },
     )  # fmt: skip
     moved = result.fetchone()

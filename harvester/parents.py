@@ -85,14 +85,15 @@ def rejoin_children(conn: Connection, source: str, refs: list[str]) -> int:
     resolved = {row[0]: row[1:] for row in run(conn, sql.RESOLVE_REFS, params)}
     changed = []
     for child in children:
-        start, offset, *facts = child[2:12]
+        start, offset, *facts = child[2:13]  # as CHILDREN_OF_REFS reads them
         start = records.on_own_clock(start, offset)
-        joined = records.join(start, facts[0], facts[1], facts[2], tuple(facts[3:8]),
+        joined = records.join(start, facts[0], facts[1], facts[2], tuple(facts[3:9]),
                               resolved.get(facts[1]))  # fmt: skip
-        if joined != tuple(child[12:17]):
+        if joined != tuple(child[13:19]):
             changed.append((child[0], child[1], *joined))
     if changed:
-        names = ("kinds", "ids", "parent_kinds", "parent_ids", "froms", "untils", "reasons")
+        names = ("kinds", "ids", "parent_kinds", "parent_ids", "froms", "untils", "reasons",
+                 "sellers")  # fmt: skip
         transposed = zip(*changed, strict=True)
         columns = {name: list(values) for name, values in zip(names, transposed, strict=True)}
         run(conn, sql.REJOIN_CHILDREN, {"source": source, **columns})
@@ -100,15 +101,17 @@ def rejoin_children(conn: Connection, source: str, refs: list[str]) -> int:
 
 
 def add_parent_refs(conn: Connection, source: str, parents: Sequence[Row]) -> list[str]:
-    """One ref per id a parent answers to, with a copy of its offer; returns the ref ids."""
+    """One ref per id a parent answers to, with a copy of its offer and seller; returns the
+    ref ids."""
     entries = [
-        (ref, row.kind, row.rpde_id, ref == row.item_id, *row[records.OFFER])
+        (ref, row.kind, row.rpde_id, ref == row.item_id, *row[records.OFFER], row.seller_ref)
         for row in parents for ref in (row.refs or [])
     ]  # fmt: skip
     if not entries:
         return []
     columns = list(zip(*entries, strict=True))
-    names = ("refs", "kinds", "ids", "selves", "problems", "from_m", "from_u", "thru_m", "thru_u")
+    names = ("refs", "kinds", "ids", "selves", "problems", "from_m", "from_u", "thru_m", "thru_u",
+             "sellers")  # fmt: skip
     params = {name: list(values) for name, values in zip(names, columns, strict=True)}
     params["source"] = source
     run(conn, sql.ADD_PARENT_REFS, params)

@@ -57,13 +57,16 @@ class Parsed:
     rejected: list[rpde.Rejected]
     max_age: float | None
     size: int  # the body's bytes
+    license: str | None = None  # the page's RPDE `license`
 
     @classmethod
-    def of(cls, page: rpde.Page, max_age: float | None, size: int) -> Parsed:
+    def of(
+        cls, page: rpde.Page, max_age: float | None, size: int, purpose: str = "opportunities"
+    ) -> Parsed:
         """Turn a checked page into rows; items that cannot be stored join the rejected."""
-        rows, unstorable = records.to_rows(page.items)
+        rows, unstorable = records.to_rows(page.items, purpose)
         return cls(page.url, page.next_url, page.is_last, page.repeats_itself, rows,
-                   [*page.rejected, *unstorable], max_age, size)  # fmt: skip
+                   [*page.rejected, *unstorable], max_age, size, page.license)  # fmt: skip
 
     @property
     def ends_feed(self) -> bool:
@@ -259,7 +262,8 @@ class Harvester:
                 response = self.fetcher.get(url, source.headers)
                 size = len(response.body)
                 with LARGE_PARSES.slot(size):
-                    parsed = Parsed.of(rpde.parse_page(url, response.body), response.max_age, size)
+                    page = rpde.parse_page(url, response.body)
+                    parsed = Parsed.of(page, response.max_age, size, feed.purpose)
         rpde.check_origin(feed.url, parsed.next_url)
         return parsed
 
@@ -277,7 +281,7 @@ class Harvester:
                     parsed.url, extra={"event": "page_repeats_itself", "feed": feed.url},
                 )  # fmt: skip
         writes = [PageWrite(parsed.rows, parsed.rejected, parsed.url, parsed.next_url,
-                            parsed.ends_feed) for parsed in batch]  # fmt: skip
+                            parsed.ends_feed, parsed.license) for parsed in batch]  # fmt: skip
         try:
             written = self.commit_pages(feed, writes, one_by_one=False)
         except DBAPIError as exc:

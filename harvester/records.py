@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -43,15 +44,19 @@ class Row(NamedTuple):
     through_micros: int | None
     refs: list[str] | None
     start_offset: int | None
+    seller_ref: str | None  # a parent's seller, or a child's embedded parent's (rule 7)
     parent_kind: str | None = None
     parent_rpde_id: str | None = None
     bookable_from: datetime | None = None
     bookable_until: datetime | None = None
     reason: str | None = None
+    seller: str | None = None  # the seller of the parent that applies (rule 7)
 
 
 # What `join` decides: the parent, the booking window, and why the child is never bookable.
-JOINED_COLUMNS = ("parent_kind", "parent_rpde_id", "bookable_from", "bookable_until", "reason")
+JOINED_COLUMNS = (
+    "parent_kind", "parent_rpde_id", "bookable_from", "bookable_until", "reason", "seller",
+)  # fmt: skip
 FACTS = len(Row._fields) - len(JOINED_COLUMNS)  # the fields `to_row` fills
 OFFER = slice(Row._fields.index("offer_problem"), Row._fields.index("through_micros") + 1)
 Values = tuple[Any, ...]  # a slice of a row, or a row read back from the database
@@ -69,22 +74,29 @@ EMPTY_WINDOW = "booking window is empty"
 PARENT_REF_TOO_LONG = f"parent reference longer than {rpde.MAX_ID_BYTES} bytes"
 
 
-def to_rows(items: list[Item]) -> tuple[list[Row], list[Rejected]]:
+def to_rows(
+    items: list[Item], purpose: str = "opportunities"
+) -> tuple[list[Row], list[Rejected]]:
     """One staging row per item, tombstones included; an item that cannot be stored is
-    set aside with the reason instead of costing its page."""
+    set aside with the reason instead of costing its page. A bookable sellers feed's
+    items are sellers, whatever their type."""
+    convert = seller_row if purpose == "sellers" else to_row
     try:
-        return [to_row(item) for item in items], []
+        return [convert(item) for item in items], []
     except (RecursionError, ValueError, TypeError, UnicodeError):
-        return to_rows_one_by_one(items)
+        return to_rows_one_by_one(items, convert)
 
 
-def to_rows_one_by_one(items: list[Item]) -> tuple[list[Row], list[Rejected]]:
+def to_rows_one_by_one(
+    items: list[Item], convert: Callable[[Item], Row] | None = None
+) -> tuple[list[Row], list[Rejected]]:
     """`to_rows` when some item failed: each item on its own, the failures set aside."""
+    convert = convert or to_row
     rows: list[Row] = []
     rejected: list[Rejected] = []
     for position, item in enumerate(items):
         try:
-            rows.append(to_row(item))
+            rows.append(convert(item))
         except (RecursionError, ValueError, TypeError, UnicodeError) as exc:
             reason = f"cannot be stored: {type(exc).__name__}: {exc}"
             rejected.append(rpde.reject(position, item._asdict(), reason, item.id, item.kind))
@@ -109,9 +121,18 @@ def to_row(item: Item) -> Row:
         parent = bookability.read_parent(item_type, data)
         refs = [ref for ref in parent.refs if not rpde.too_long(ref, rpde.MAX_ID_BYTES)]
         return _make_row((*head, "parent", parent.id, *_EMPTY_CHILD[1:],
-                          *offer_fields(parent.offer), refs, None, *_UNJOINED))  # fmt: skip
+                          *offer_fields(parent.offer), refs, None, parent.seller,
+                          *_UNJOINED))  # fmt: skip
     return _make_row((*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:],
-                      *_EMPTY_OFFER, None, None, *_UNJOINED))  # fmt: skip
+                      *_EMPTY_OFFER, None, None, None, *_UNJOINED))  # fmt: skip
+
+
+def seller_row(item: Item) -> Row:
+    """The row of an item of a bookable sellers feed: a seller, by its data's @id (rule 7)."""
+    row = to_row(item)
+    if item.data is None:
+        return row
+    return row._replace(role="seller", item_id=bookability.id_of(item.data))
 
 
 def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
@@ -128,7 +149,8 @@ def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
         dump_json(data), item_type, "child", child.id, child.identifier, child.start_date,
         child.end_date, child.parent_ref, child.problem,
         bookability.checkout_path(item_type, child.identifier), child.embedded_type, *offer,
-        None, bookability.utc_offset_seconds(child.start_date), *_UNJOINED,
+        None, bookability.utc_offset_seconds(child.start_date), child.embedded_seller,
+        *_UNJOINED,
     ))  # fmt: skip
 
 
@@ -140,35 +162,37 @@ def is_tombstone(row: Row) -> bool:
 def join_child(row: Row, parent: Values | None) -> Row:
     """The row of a child joined to its published parent, if one is held (`join`)."""
     joined = join(row.start_date, row.problem, row.parent_ref, row.embedded_type,
-                  row[OFFER], parent)  # fmt: skip
+                  (*row[OFFER], row.seller_ref), parent)  # fmt: skip
     return _make_row((*row[:FACTS], *joined))
 
 
 def join(
     start: datetime | None, problem: str | None, parent_ref: str | None,
-    embedded_type: str | None, embedded_offer: Values, parent: Values | None,
+    embedded_type: str | None, embedded: Values, parent: Values | None,
 ) -> Values:  # fmt: skip
-    """Rules 2-5 for one child, the one home of them: the JOINED_COLUMNS of the child.
+    """Rules 2-5 for one child, the one home of them: the JOINED_COLUMNS of the child,
+    with the seller rule 7 is checked against (as it is read: sellers change apart).
 
     `parent` is the published parent its reference resolves to, as (kind, rpde_id,
-    offer_problem, from_months, from_micros, through_months, through_micros), or None;
-    a published parent beats an embedded one, which stands in when none is held (rule 2).
+    offer_problem, from_months, from_micros, through_months, through_micros, seller), or
+    None; `embedded` is the embedded parent's offer and seller in the same order. A
+    published parent beats an embedded one, which stands in when none is held (rule 2).
     Every write of a child and every re-join after a parent changes comes through here.
     """
     if parent is not None:
         key, offer = parent[:2], parent[2:]
     elif embedded_type is not None:
-        key, offer = _NO_PARENT, embedded_offer
+        key, offer = _NO_PARENT, embedded
     else:
-        return (*_NO_PARENT, None, None,
-                problem or (PARENT_NOT_HELD if parent_ref else NO_PARENT_REFERENCE))  # fmt: skip
-    reason = problem or offer[0]
+        reason = problem or (PARENT_NOT_HELD if parent_ref else NO_PARENT_REFERENCE)
+        return (*_NO_PARENT, None, None, reason, None)
+    reason, seller = problem or offer[0], offer[5]
     if reason is not None or start is None:
-        return (*key, None, None, reason)
+        return (*key, None, None, reason, seller)
     window = bookability.window_bounds(start, offer[1], offer[2] or 0, offer[3], offer[4] or 0)
     if window is None:
-        return (*key, None, None, EMPTY_WINDOW)
-    return (*key, *window, None)
+        return (*key, None, None, EMPTY_WINDOW, seller)
+    return (*key, *window, None, seller)
 
 
 def on_own_clock(moment: datetime | None, utc_offset: int | None) -> datetime | None:

@@ -79,6 +79,7 @@ class Page:
     next_url: str
     items: list[Item]
     rejected: list[Rejected] = field(default_factory=list)
+    license: str | None = None  # the page's RPDE `license` URL, when it gives one
 
     @property
     def is_last(self) -> bool:
@@ -103,7 +104,10 @@ def parse_page(url: str, body: bytes | bytearray) -> Page:
     if needs_repair:
         items = [repair_item(raw) for raw in items]
     parsed, rejected = parse_items(items)
-    return Page(url=url, next_url=next_url, items=latest_per_key(parsed), rejected=rejected)
+    license = document.get("license")
+    license = clean_text(license) if isinstance(license, str) and license.strip() else None
+    return Page(url=url, next_url=next_url, items=latest_per_key(parsed), rejected=rejected,
+                license=license)  # fmt: skip
 
 
 def decode_json(url: str, body: bytes | bytearray) -> tuple[Any, bool]:

@@ -54,6 +54,8 @@ sources = Table(
     Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
     # Drawn anew (by triggers on parent_refs) whenever the source's parent refs change.
     Column("parents_version", BigInteger, nullable=False, server_default="0"),
+    # Rule 7 applies: the source has a bookable sellers feed.
+    Column("checks_sellers", Boolean, nullable=False, server_default="false"),
 )
 
 feeds = Table(
@@ -76,6 +78,9 @@ feeds = Table(
     Column("lease_owner", Text),
     Column("lease_until", TIMESTAMPTZ),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    # opportunities, or sellers (a bookable sellers feed: its items are sellers, rule 7).
+    Column("purpose", Text, nullable=False, server_default="opportunities"),
+    Column("license", Text),  # the RPDE `license` of its latest page that gave one
     UniqueConstraint("source", "url"),
 )
 
@@ -93,6 +98,7 @@ items = Table(
     Column("type", Text, nullable=False),  # ScheduledSession, Slot, SessionSeries, ...
     Column("role", Text, nullable=False),  # child, parent or other
     Column("seen_generation", Integer, nullable=False, server_default="0"),
+    # When this version arrived: a re-sent copy of it (a backfill) leaves it as it is.
     Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
     Column("item_id", Text),  # data @id
     Column("identifier", Text),
@@ -106,14 +112,29 @@ items = Table(
     # The publicAdult offer: a parent's own, or a child's embedded parent's.
     *offer_columns(),
     Column("refs", ARRAY(Text)),  # a parent's @id and its individualFacilityUse @ids
+    Column("seller_ref", Text),  # a parent's seller; a child's embedded parent's
     Column("parent_kind", Text),  # a child's resolved published parent
     Column("parent_rpde_id", Text),
     Column("bookable", TSTZRANGE),  # when this child can be booked; NULL: never
     Column("reason", Text),  # when never: why (records.join); read by opportunity_status
+    Column("seller", Text),  # the seller of the parent that applies; rule 7 checks it as read
+    # A checkout refused it (HTTP 400): not bookable until it or its parent is updated.
+    Column("refused_at", TIMESTAMPTZ),
     PrimaryKeyConstraint("source", "kind", "rpde_id"),
     # bookable_at(T) reads it from T on: a window always closes by its start date.
     Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
+    Index("ix_items_seller", "source", "item_id", postgresql_where=text("role = 'seller'")),
+    # A checkout finds its opportunity by @id, or by identifier within a source. Hash
+    # indexes: four bytes an entry however long the URL, and only equality is asked.
+    Index(
+        "ix_items_child_id", "item_id",
+        postgresql_using="hash", postgresql_where=text("role = 'child'"),
+    ),
+    Index(
+        "ix_items_child_identifier", "identifier",
+        postgresql_using="hash", postgresql_where=text("role = 'child'"),
+    ),
 )
 
 parent_refs = Table(
@@ -125,6 +146,7 @@ parent_refs = Table(
     Column("parent_rpde_id", Text, nullable=False),
     Column("is_self", Boolean, nullable=False),  # the ref is the parent's own @id
     *offer_columns(),  # a copy of the parent's, so a child's join reads only this table
+    Column("seller_ref", Text),  # likewise
     PrimaryKeyConstraint("source", "ref_id", "parent_kind", "parent_rpde_id"),
     Index("ix_parent_refs_parent", "source", "parent_kind", "parent_rpde_id"),
 )
@@ -142,4 +164,19 @@ rejected_items = Table(
     Column("raw", Text, nullable=False),
     Column("seen_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("feed_id", "item_key"),
+)
+
+# Attribution (a licence condition): the Datasets of a source's attribution feed, replaced
+# whole at each refresh. Children name theirs by `imin:dataSource.identifier`.
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("identifier", Text, nullable=False),
+    Column("name", Text),
+    Column("url", Text),
+    Column("license", Text),
+    Column("publisher_name", Text),
+    Column("refreshed_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "identifier"),
 )

@@ -50,6 +50,13 @@ ITEM_COLUMNS = tuple(
 )  # fmt: skip
 
 
+# The incoming version is an update of the held one: newer, or (a publisher's slip) the
+# same `modified` with other data. A backfill re-sending what is held is not: the row's
+# `updated_at` stays, and so does a checkout's refusal (lifted by the next update).
+_IS_UPDATE = """((EXCLUDED.modified > i.modified
+         OR EXCLUDED.modified_text COLLATE "C" > i.modified_text) IS TRUE
+        OR EXCLUDED.data IS DISTINCT FROM i.data)"""
+
 # Staged rows of one role ('child' or not) into items; a held row is replaced only by a
 # version whose `modified` is not older (RPDE §Items). Children come joined and with
 # their booking window; parents report which versions won, to replace their refs.
@@ -64,7 +71,9 @@ FROM harvester_staging AS s
 WHERE (s.role = 'child') = :children
 ON CONFLICT (source, kind, rpde_id) DO UPDATE SET
     feed_id = EXCLUDED.feed_id, data = EXCLUDED.data,
-    seen_generation = EXCLUDED.seen_generation, updated_at = EXCLUDED.updated_at,
+    seen_generation = EXCLUDED.seen_generation,
+    updated_at = CASE WHEN {_IS_UPDATE} THEN EXCLUDED.updated_at ELSE i.updated_at END,
+    refused_at = CASE WHEN {_IS_UPDATE} THEN NULL ELSE i.refused_at END,
     bookable = EXCLUDED.bookable,
     {", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS)}
 WHERE (EXCLUDED.modified < i.modified
@@ -81,7 +90,7 @@ RETURNING_PARENTS = " RETURNING i.role, i.kind, i.rpde_id"
 # a first harvest has left the tables without statistics.
 RESOLVE_REFS = """
 SELECT k.ref AS ref_id, p.parent_kind, p.parent_rpde_id, p.offer_problem,
-       p.from_months, p.from_micros, p.through_months, p.through_micros
+       p.from_months, p.from_micros, p.through_months, p.through_micros, p.seller_ref
 FROM unnest(CAST(:refs AS text[])) AS k(ref)
 CROSS JOIN LATERAL (
     SELECT r.* FROM harvester.parent_refs AS r
@@ -129,11 +138,12 @@ RETURNING r.ref_id
 ADD_PARENT_REFS = """
 INSERT INTO harvester.parent_refs (
     source, ref_id, parent_kind, parent_rpde_id, is_self,
-    offer_problem, from_months, from_micros, through_months, through_micros)
+    offer_problem, from_months, from_micros, through_months, through_micros, seller_ref)
 SELECT :source, e.*
 FROM unnest(CAST(:refs AS text[]), CAST(:kinds AS text[]), CAST(:ids AS text[]),
             CAST(:selves AS boolean[]), CAST(:problems AS text[]), CAST(:from_m AS integer[]),
-            CAST(:from_u AS bigint[]), CAST(:thru_m AS integer[]), CAST(:thru_u AS bigint[])) AS e
+            CAST(:from_u AS bigint[]), CAST(:thru_m AS integer[]), CAST(:thru_u AS bigint[]),
+            CAST(:sellers AS text[])) AS e
 ON CONFLICT DO NOTHING
 """
 
@@ -146,8 +156,8 @@ ON CONFLICT DO NOTHING
 CHILDREN_OF_REFS = """
 SELECT k.kind, k.rpde_id, k.start_date, k.start_offset, k.problem, k.parent_ref,
        k.embedded_type, k.offer_problem, k.from_months, k.from_micros, k.through_months,
-       k.through_micros, k.parent_kind, k.parent_rpde_id, lower(k.bookable), upper(k.bookable),
-       k.reason
+       k.through_micros, k.seller_ref, k.parent_kind, k.parent_rpde_id, lower(k.bookable),
+       upper(k.bookable), k.reason, k.seller
 FROM unnest(CAST(:refs AS text[])) AS q(ref)
 CROSS JOIN LATERAL (
     SELECT * FROM harvester.items AS c
@@ -160,11 +170,13 @@ CROSS JOIN LATERAL (
 REJOIN_CHILDREN = f"""
 UPDATE harvester.items AS c
 SET parent_kind = u.parent_kind, parent_rpde_id = u.parent_rpde_id,
-    bookable = {window_range("u.bookable_from", "u.bookable_until")}, reason = u.reason
+    bookable = {window_range("u.bookable_from", "u.bookable_until")}, reason = u.reason,
+    seller = u.seller
 FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS text[]), CAST(:parent_kinds AS text[]),
             CAST(:parent_ids AS text[]), CAST(:froms AS timestamptz[]),
-            CAST(:untils AS timestamptz[]), CAST(:reasons AS text[]))
-     AS u(kind, rpde_id, parent_kind, parent_rpde_id, bookable_from, bookable_until, reason)
+            CAST(:untils AS timestamptz[]), CAST(:reasons AS text[]), CAST(:sellers AS text[]))
+     AS u(kind, rpde_id, parent_kind, parent_rpde_id, bookable_from, bookable_until, reason,
+          seller)
 WHERE c.source = :source AND c.kind = u.kind AND c.rpde_id = u.rpde_id
 """
 
@@ -192,7 +204,7 @@ RETURNING role, kind, rpde_id
 ADVANCE_FEED = """
 UPDATE harvester.feeds
 SET next_url = :next_url, pages = pages + :pages, items_written = items_written + :count,
-    last_page_at = now(), retry_at = NULL,
+    last_page_at = now(), retry_at = NULL, license = COALESCE(:license, license),
     state = CASE WHEN backfill_generation IS NOT NULL AND NOT :finish_backfill
                  THEN 'backfilling' ELSE :state END,
     caught_up_at = CASE WHEN :caught_up THEN now() ELSE caught_up_at END,
@@ -204,7 +216,7 @@ SET next_url = :next_url, pages = pages + :pages, items_written = items_written 
 WHERE id = :feed_id AND next_url = :expected_url AND generation = :read_generation
   AND backfill_generation IS NOT DISTINCT FROM CAST(:read_backfill AS integer)
   AND (CAST(:owner AS text) IS NULL OR lease_owner = :owner)
-RETURNING id, source, url, next_url, state, generation, backfill_generation, retry_at
+RETURNING id, source, url, next_url, state, generation, backfill_generation, retry_at, purpose
 """
 
 
@@ -227,21 +239,25 @@ ON CONFLICT (feed_id, item_key) DO UPDATE SET
 
 # bookable_at builds checkout URLs from the prefix as it reads: a new one applies at once.
 UPSERT_SOURCE = """
-INSERT INTO harvester.sources (name, checkout_prefix) VALUES (:name, :prefix)
-ON CONFLICT (name) DO UPDATE SET checkout_prefix = EXCLUDED.checkout_prefix, updated_at = now()
-WHERE sources.checkout_prefix IS DISTINCT FROM EXCLUDED.checkout_prefix
+INSERT INTO harvester.sources (name, checkout_prefix, checks_sellers)
+VALUES (:name, :prefix, :checks_sellers)
+ON CONFLICT (name) DO UPDATE SET checkout_prefix = EXCLUDED.checkout_prefix,
+    checks_sellers = EXCLUDED.checks_sellers, updated_at = now()
+WHERE (sources.checkout_prefix, sources.checks_sellers)
+      IS DISTINCT FROM (EXCLUDED.checkout_prefix, EXCLUDED.checks_sellers)
 """
 
 
 ADD_FEED = """
-INSERT INTO harvester.feeds (source, url, next_url) VALUES (:source, :url, :url)
-ON CONFLICT (source, url) DO NOTHING
+INSERT INTO harvester.feeds (source, url, next_url, purpose) VALUES (:source, :url, :url, :purpose)
+ON CONFLICT (source, url) DO UPDATE SET purpose = EXCLUDED.purpose
+WHERE feeds.purpose <> EXCLUDED.purpose
 """
 
 
 SELECT_FEEDS = """
 SELECT f.id, f.source, f.url, f.next_url, f.state, f.generation, f.backfill_generation,
-       f.retry_at
+       f.retry_at, f.purpose
 FROM harvester.feeds AS f
 """
 
@@ -330,3 +346,35 @@ QUICK_TIMEOUT = "SET LOCAL statement_timeout = '5s'"
 DATABASE_NOW = "SELECT now()"
 SOONEST_BOOKABLE = "SELECT * FROM bookable_now ORDER BY start_date, id LIMIT :limit"
 COUNT_BOOKABLE = "SELECT count(*) FROM bookable_now"
+
+# --- checkout sessions (checkout.py) -----------------------------------------------------
+# An opportunity by its @id (in any source, or the one given) or by identifier within a
+# source; each probes a hash index on children (bookable_at and opportunity_status keep to
+# children, so the planner can use it).
+_BY_KEY = {
+    "id": "id = :key AND (CAST(:source AS text) IS NULL OR source = :source)",
+    "identifier": "identifier = :key AND source = :source",
+}
+FIND_BOOKABLE = {
+    field: "SELECT source, kind, id, data -> 'identifier', checkout_url"
+    f" FROM public.bookable_now WHERE {where} LIMIT 2"
+    for field, where in _BY_KEY.items()
+}
+OPPORTUNITY_REASON = {
+    field: f"SELECT reason FROM public.opportunity_status WHERE {where} LIMIT 1"
+    for field, where in _BY_KEY.items()
+}
+# A checkout answered 400: out of bookable_at until the child or its parent is updated.
+REFUSE_OPPORTUNITY = {
+    "id": "UPDATE harvester.items SET refused_at = now()"
+    " WHERE role = 'child' AND source = :source AND item_id = :key",
+    "identifier": "UPDATE harvester.items SET refused_at = now()"
+    " WHERE role = 'child' AND source = :source AND identifier = :key",
+}
+
+# --- attribution (attribution.py) --------------------------------------------------------
+DELETE_DATASETS = "DELETE FROM harvester.datasets WHERE source = :source"
+INSERT_DATASET = """
+INSERT INTO harvester.datasets (source, identifier, name, url, license, publisher_name)
+VALUES (:source, :identifier, :name, :url, :license, :publisher_name)
+"""

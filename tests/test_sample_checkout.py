@@ -68,9 +68,7 @@ def test_base_url_has_the_bound_port_and_no_trailing_slash(checkout: SampleCheck
     assert checkout.port > 0
 
 
-def test_standalone_route_creates_a_session(
-    checkout: SampleCheckout, client: httpx.Client
-) -> None:
+def test_standalone_route_creates_a_session(checkout: SampleCheckout, client: httpx.Client) -> None:
     sent = standalone_body(SLOT_ID, kind="Slot")
     response = client.post("/checkout-sessions", json=sent)
     assert response.status_code == 201
