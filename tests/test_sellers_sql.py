@@ -12,10 +12,12 @@ import orjson
 from sqlalchemy import Engine, text
 
 from harvester import attribution, feedstate, pagewrite, records, rpde
-from harvester.config import Source
+from harvester.checkout import Checkout, CheckoutSession
+from harvester.config import Config, Source
 from harvester.feedstate import FeedRow
 from harvester.pagewrite import PageWrite
 from harvester.rpde import Item
+from harvester.sample.checkout import SampleCheckout
 
 HOST = "https://pub.example"
 SERIES_FEED, SESSIONS_FEED = f"{HOST}/session-series", f"{HOST}/scheduled-sessions"
@@ -230,3 +232,29 @@ def test_a_refusal_outlasts_a_backfill_resending_what_is_held(engine: Engine) ->
     assert reason(engine) == (False, "refused by checkout")
     source.write(SESSIONS_FEED, [child._replace(modified_number=next(_modified))])
     assert reason(engine) == (True, None)
+
+
+def test_each_source_checks_out_by_its_own_route(engine: Engine) -> None:
+    """One config, two sources: the opportunity's source decides the route."""
+    with SampleCheckout() as server:
+        sources = {}
+        for name in ("a", "b"):
+            sources[name] = Source7(engine, name=name, sellers=False)
+            session_data = session(**{"@id": f"{HOST}/{name}/sessions/1"})
+            sources[name].write(SERIES_FEED, [updated("SessionSeries", "s1", series())])
+            sources[name].write(SESSIONS_FEED, [updated("ScheduledSession", "c1", session_data)])
+        config = Config(sources=(
+            Source(name="a", feeds=(SERIES_FEED,), checkout_base_url=server.base_url,
+                   headers={"X-API-KEY": "sample-checkout-key"}, checkout_route="standalone"),
+            Source(name="b", feeds=(SERIES_FEED,), checkout_base_url="checkout.b.example"),
+        ))  # fmt: skip
+        checkout = Checkout(engine, config)
+        try:
+            standalone = checkout.create(id=f"{HOST}/a/sessions/1")
+            guest = checkout.create(id=f"{HOST}/b/sessions/1")
+        finally:
+            checkout.close()
+    assert standalone.route == "standalone" and "/opendata/" in standalone.url
+    assert [request.path for request in server.requests] == ["/checkout-sessions"]
+    # The guest URL is bookable_now's, from the checkout base the source was registered with.
+    assert guest == CheckoutSession("https://checkout.example.com/v1/scheduled-sessions/1", "guest")
