@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, Engine, text
 
 from harvester import bookability, sql
@@ -83,7 +84,10 @@ class Checkout:
     ) -> CheckoutSession:
         """POST the checkout session; retried on 5xx, 429 and timeouts, within bounds."""
         url = session_url(source)
-        body = session_body(source, opportunity, customer)
+        try:
+            body = orjson.dumps(session_body(source, opportunity, customer))
+        except TypeError:  # integers beyond 64 bits, lone surrogates, nesting too deep
+            raise CheckoutFailed("the customer details cannot be sent as JSON") from None
         status, answer = self.post_with_retries(url, source, body, customer)
         if status == 400:
             self.record_refusal(opportunity)
@@ -97,7 +101,7 @@ class Checkout:
         return CheckoutSession(target, source.checkout_route)
 
     def post_with_retries(
-        self, url: str, source: Source, body: Any, customer: Mapping[str, Any] | None
+        self, url: str, source: Source, body: bytes, customer: Mapping[str, Any] | None
     ) -> tuple[int, Any]:
         """The publisher's answer, passing failures retried; CheckoutFailed past the bounds."""
         policy = replace(self.settings, retry_attempts=self.settings.checkout_attempts,

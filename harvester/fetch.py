@@ -115,8 +115,8 @@ class Fetcher:
             # The exception text never carries request headers, so API keys stay out of logs.
             raise RetriableFeedError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
 
-    def post_json(self, url: str, headers: Mapping[str, str], body: Any) -> tuple[int, Any]:
-        """POST a JSON body; the status and the decoded JSON answer (None if not JSON).
+    def post_json(self, url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
+        """POST an encoded JSON body; the status and the decoded JSON answer (None if not JSON).
 
         5xx, 429 and transport failures raise RetriableFeedError (with any Retry-After);
         redirects are not followed: a checkout session is created where it was asked for.
@@ -127,9 +127,8 @@ class Fetcher:
             try:
                 request_headers = {**headers, "Content-Type": "application/json",
                                    "Accept": "application/json"}  # fmt: skip
-                content = orjson.dumps(body)
                 with self.client.stream("POST", url, headers=request_headers,
-                                        content=content) as response:  # fmt: skip
+                                        content=body) as response:  # fmt: skip
                     check_answer(url, response)
                     answer = read_capped(url, response, self.settings.max_page_bytes)
                     return response.status_code, _json_or_none(answer)

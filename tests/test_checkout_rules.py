@@ -10,7 +10,7 @@ import pytest
 
 from harvester import attribution, bookability, checkout, records, rpde
 from harvester.config import Broker, parse_config
-from harvester.errors import ConfigError
+from harvester.errors import CheckoutFailed, ConfigError
 
 BASE = """
 [[sources]]
@@ -210,3 +210,22 @@ def test_datasets_are_read_from_an_rpde_feed_to_its_end() -> None:
     assert [(d.identifier, d.publisher_name, d.url) for d in found] == [
         ("better", None, "https://better/")
     ]
+
+
+def test_customer_details_that_are_not_json_fail_before_any_request() -> None:
+    """An integer beyond 64 bits cannot be sent: a clear failure, nothing sent."""
+    text = BASE + 'checkout_route = "authenticated"\n[sources.broker]\nname = "Acme"\n'
+    source = parse_config(text, {}).sources[0]
+    sent: list[Any] = []
+
+    class Recorder:
+        def post_json(self, *args: Any) -> tuple[int, Any]:
+            sent.append(args)
+            return 201, {}
+
+    agent = checkout.Checkout.__new__(checkout.Checkout)
+    agent.fetcher = Recorder()  # type: ignore[assignment]
+    agent.settings = parse_config(BASE, {}).settings
+    with pytest.raises(CheckoutFailed, match="cannot be sent as JSON"):
+        agent.request_session(source, OPPORTUNITY, {"id": 2**70})
+    assert sent == []
