@@ -10,10 +10,7 @@ thread answers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import socket
-import socketserver
 import sys
 import threading
 import time
@@ -22,14 +19,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any, overload
 from urllib.parse import urlsplit
 
 import orjson
 
 from harvester.sample.__main__ import wait_for_signal
+from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer
 from harvester.sample.shapes import CONTEXT, Json
 
 STANDALONE = "standalone"
@@ -127,7 +124,7 @@ class RequestLog(Sequence[RecordedRequest]):
         return f"RequestLog({self.snapshot()!r})"
 
 
-class SampleCheckout:
+class SampleCheckout(BackgroundServer):
     """An imin-Checkout-API-like server on 127.0.0.1, with hooks for tests."""
 
     def __init__(
@@ -147,55 +144,11 @@ class SampleCheckout:
         self.server: CheckoutServer | None = None
         self.thread: threading.Thread | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    thread_name = "sample-checkout"
 
-    def start(self) -> SampleCheckout:
-        """Listen and serve in a daemon thread (again on the same port after a stop)."""
-        if self.server is not None:
-            return self
-        self.server = CheckoutServer((self.host, self.port), self)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"sample-checkout-{self.port}",
-            daemon=True,
-        )
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and cut open connections; refusals and the record are kept."""
-        server, thread = self.server, self.thread
-        if server is None:
-            return
-        self.server = self.thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> SampleCheckout:
-        """Start serving."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (known once started, or when a port was given)."""
-        if self.port == 0:
-            raise RuntimeError("the port is chosen on start(); call start() first")
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.port}"
+    def make_server(self) -> CheckoutServer:
+        """The HTTP server answering from this checkout."""
+        return CheckoutServer((self.host, self.port), self)
 
     # -- test hooks ---------------------------------------------------------------------
 
@@ -384,48 +337,12 @@ def failure_response(failure: PendingFailure) -> Response:
     return Response(failure.status, {"Content-Type": "application/json", **failure.headers}, body)
 
 
-class CheckoutServer(ThreadingHTTPServer):
-    """A threading HTTP server that can cut its open keep-alive connections."""
-
-    daemon_threads = True
+class CheckoutServer(SampleHTTPServer):
+    """The checkout's server: its handlers answer from `checkout`."""
 
     def __init__(self, address: tuple[str, int], checkout: SampleCheckout) -> None:
         self.checkout = checkout
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
         super().__init__(address, CheckoutHandler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host (slow offline)."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Track the connection so stop() can cut it."""
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection as it closes."""
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut down every open connection (handler threads then finish)."""
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):  # already closed by its handler
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts, stop()) are normal here, not errors."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
 
 
 class CheckoutHandler(BaseHTTPRequestHandler):

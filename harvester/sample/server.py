@@ -7,10 +7,6 @@ changes published since (see ``state``); tests change it and inject faults throu
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import socketserver
-import sys
 import threading
 import time
 from collections import deque
@@ -18,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from itertools import islice
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -28,6 +23,7 @@ import orjson
 
 from harvester.sample import dataset
 from harvester.sample.dataset import CHANGE_NUMBER, FEED_NAMES, LICENSE
+from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer
 from harvester.sample.shapes import Json
 from harvester.sample.state import FeedState, Position
 
@@ -61,7 +57,7 @@ class Response:
     body: bytes
 
 
-class SamplePublisher:
+class SamplePublisher(BackgroundServer):
     """An imin-Firehose-like RPDE publisher on 127.0.0.1, with hooks for tests."""
 
     def __init__(
@@ -93,57 +89,11 @@ class SamplePublisher:
         self.server: PublisherServer | None = None
         self.thread: threading.Thread | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    thread_name = "sample-publisher"
 
-    def start(self) -> SamplePublisher:
-        """Listen and serve in a daemon thread (again on the same port after a stop)."""
-        if self.server is not None:
-            return self
-        self.server = PublisherServer((self.host, self.port), self)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"sample-publisher-{self.port}",
-            daemon=True,
-        )
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and cut open connections; the feed state is kept."""
-        server, thread = self.server, self.thread
-        if server is None:
-            return
-        self.server = self.thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> SamplePublisher:
-        """Start serving."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        self.stop()
-
-    # -- addresses ----------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (known once started, or when a port was given)."""
-        if self.port == 0:
-            raise RuntimeError("the port is chosen on start(); call start() first")
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.port}"
+    def make_server(self) -> PublisherServer:
+        """The HTTP server answering from this publisher."""
+        return PublisherServer((self.host, self.port), self)
 
     @property
     def feed_urls(self) -> dict[str, str]:
@@ -350,48 +300,12 @@ def toml_string(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
-class PublisherServer(ThreadingHTTPServer):
-    """A threading HTTP server that can cut its open keep-alive connections."""
-
-    daemon_threads = True
+class PublisherServer(SampleHTTPServer):
+    """The publisher's server: its handlers answer from `publisher`."""
 
     def __init__(self, address: tuple[str, int], publisher: SamplePublisher) -> None:
         self.publisher = publisher
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
         super().__init__(address, PublisherHandler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host (slow offline)."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Track the connection so stop() can cut it."""
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection as it closes."""
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut down every open connection (handler threads then finish)."""
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):  # already closed by its handler
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts, stop()) are normal here, not errors."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
 
 
 class PublisherHandler(BaseHTTPRequestHandler):
