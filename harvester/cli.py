@@ -41,6 +41,14 @@ EXIT_OK, EXIT_FAILED_FEEDS, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 # default first threshold (700) the collector runs ~150 times a page and its older
 # generations keep rescanning long-lived state: 10-15 % of a harvest's CPU.
 GC_THRESHOLDS = (50_000, 20, 100)
+# How a fatal error is told and what the process exits with: the first class that matches.
+FAILURES: tuple[tuple[type[HarvesterError], str, int], ...] = (
+    (ConfigError, "config error: ", EXIT_USAGE),
+    (DatabaseError, "database error: ", EXIT_DATABASE),
+    (NotBookable, "not bookable: ", EXIT_FAILED_FEEDS),
+    (CheckoutFailed, "checkout failed: ", EXIT_FAILED_FEEDS),
+    (HarvesterError, "", EXIT_FAILED_FEEDS),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,21 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_on_signals()
     try:
         return int(args.handler(args, os.environ))
-    except ConfigError as exc:
-        print(f"harvester: config error: {redact.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except DatabaseError as exc:
-        print(f"harvester: database error: {redact.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_DATABASE
-    except NotBookable as exc:
-        print(f"harvester: not bookable: {redact.scrub(exc.reason)}", file=sys.stderr)
-        return EXIT_FAILED_FEEDS
-    except CheckoutFailed as exc:
-        print(f"harvester: checkout failed: {redact.scrub(exc.reason)}", file=sys.stderr)
-        return EXIT_FAILED_FEEDS
     except HarvesterError as exc:
-        print(f"harvester: {redact.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED_FEEDS
+        what, code = next((what, code) for kind, what, code in FAILURES if isinstance(exc, kind))
+        print(f"harvester: {what}{redact.scrub(str(exc))}", file=sys.stderr)
+        return code
 
 
 def build_parser() -> argparse.ArgumentParser:
