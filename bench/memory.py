@@ -69,8 +69,6 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-
-
 # --- the items and pages ----------------------------------------------------------------
 
 

@@ -119,7 +119,12 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
     embedded = reference if is_embedded(reference) else None
     own_id, identifier = id_of(data), identifier_of(data.get("identifier"))
     return Child(  # by position: keywords cost a NamedTuple a third more
-        item_type, own_id, identifier, start, end, reference_of(reference),
+        item_type,
+        own_id,
+        identifier,
+        start,
+        end,
+        reference_of(reference),
         start_problem or child_problem(data),
         embedded_type(item_type, embedded),
         read_offer(embedded) if embedded is not None else None,
@@ -341,9 +346,7 @@ def utc_offset_seconds(moment: datetime | None) -> int | None:
     return seconds
 
 
-def booking_window(
-    start: datetime, offer: Offer
-) -> tuple[datetime | None, datetime] | None:
+def booking_window(start: datetime, offer: Offer) -> tuple[datetime | None, datetime] | None:
     """Rules 4-5: [start - validFrom, min(start, start - validThrough)); None when empty."""
     if offer.problem is not None:
         return None

@@ -12,10 +12,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import (
     __version__,
@@ -54,14 +56,30 @@ FAILURES: tuple[tuple[type[HarvesterError], str, int], ...] = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m harvester`."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
     exit_on_signals()
     try:
+        setup_logging(args.log_level, args.log_format)
         return int(args.handler(args, os.environ))
     except HarvesterError as exc:
-        what, code = next((what, code) for kind, what, code in FAILURES if isinstance(exc, kind))
-        print(f"harvester: {what}{redact.scrub(str(exc))}", file=sys.stderr)
-        return code
+        return report_fatal(exc, json_logs=args.log_format == "json")
+    except SQLAlchemyError as exc:  # the database failed outside any command's own handling
+        error = database.as_database_error(exc, f"{args.command} failed")
+        return report_fatal(error, json_logs=args.log_format == "json")
+
+
+def report_fatal(error: HarvesterError, *, json_logs: bool) -> int:
+    """One line on stderr (one JSON object under --log-format json); the exit code."""
+    what, code = next((what, code) for kind, what, code in FAILURES if isinstance(error, kind))
+    message = " ".join(redact.scrub(str(error)).split())  # one line, whatever it held
+    if json_logs:
+        entry = {
+            "time": datetime.now(UTC).isoformat(), "level": "error", "event": "fatal",
+            "error": type(error).__name__, "message": f"{what}{message}", "exit": code,
+        }  # fmt: skip
+        print(json.dumps(entry), file=sys.stderr)
+    else:
+        print(f"harvester: {what}{message}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,20 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", command_migrate, "bring the schema to the newest migration")
     run = add("run", command_run, "harvest every feed, forever (or --once)")
     run.add_argument("--once", action="store_true", help="exit when every feed is caught up")
-    run.add_argument("--metrics-port", type=int,
-                     default=_int_env("HARVESTER_METRICS_PORT"),
-                     help="serve /metrics and /healthz on this port (env: HARVESTER_METRICS_PORT)")
-    run.add_argument("--metrics-host", default=os.environ.get("HARVESTER_METRICS_HOST", "0.0.0.0"),
-                     help="address for the metrics port (env: HARVESTER_METRICS_HOST)")  # fmt: skip
+    run.add_argument(
+        "--metrics-port",
+        type=port_number,
+        help="serve /metrics and /healthz on this port (env: HARVESTER_METRICS_PORT)",
+    )
+    run.add_argument("--metrics-host", help="address for the metrics port, default 127.0.0.1"
+                     " (env: HARVESTER_METRICS_HOST)")  # fmt: skip
     backfill = add("backfill", command_backfill, "harvest feeds again from their first page")
     backfill.add_argument("--source", action="append", help="only this source (repeatable)")
     backfill.add_argument("--feed", action="append", help="only this feed URL (repeatable)")
-    add("status", command_status, "one line per feed")
+    status = add("status", command_status, "one line per feed (never writes: works on a replica)")
+    status.add_argument("--json", action="store_true", help="a JSON array, one object per feed")
+    add("check", command_check, "validate the config, the database and each feed's first page")
     checkout = add("checkout", command_checkout, "a checkout URL for one bookable opportunity")
     checkout.add_argument("id", help="the opportunity's @id (or, with --source, its identifier)")
     checkout.add_argument("--source", help="the source holding it")
-    checkout.add_argument("--customer", metavar="FILE",
-                          help="JSON customer details for the authenticated route (- for stdin)")
+    checkout.add_argument(
+        "--customer",
+        metavar="FILE",
+        help="JSON customer details for the authenticated route (- for stdin)",
+    )
     checkout.add_argument("--json", action="store_true", help='print {"url": ..., "route": ...}')
     serve = add("serve", command_serve,
                 "HTTP API for checkout sessions (needs HARVESTER_API_TOKEN)")  # fmt: skip
@@ -130,14 +155,23 @@ def command_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 def command_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`harvester run [--once]`."""
     config = read_config(args, environ)
-    if args.metrics_port is not None:
-        metrics.serve_metrics(args.metrics_host, args.metrics_port)
+    port = args.metrics_port
+    if port is None and environ.get("HARVESTER_METRICS_PORT", "").strip():
+        port = port_number(environ["HARVESTER_METRICS_PORT"], "HARVESTER_METRICS_PORT")
+    if port is not None:
+        host = args.metrics_host or environ.get("HARVESTER_METRICS_HOST") or "127.0.0.1"
+        metrics.serve_metrics(host, port)
     metrics.HEALTH.configure(config.settings.unhealthy_after_seconds)
     with open_database(args, environ) as engine:
         database.migrate(engine)
         metrics.CAUGHT_UP.bind(engine)
-        outcome = harvest(engine, config, once=args.once)
+        outcome = harvest(engine, config, once=args.once, progress=progress_mode(args))
     return finish_run(outcome, args.once, json_logs=args.log_format == "json")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """A live table on a terminal; log records off one, and always under JSON logs."""
+    return "live" if sys.stderr.isatty() and args.log_format != "json" else "log"
 
 
 def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -151,18 +185,33 @@ def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> in
             feeds = [feedstate.start_backfill(conn, feed.id) for feed in feeds]
         for feed in feeds:
             logger.info("backfilling %s", feed.url, extra={"event": "backfill_started"})
-        outcome = harvest(engine, config, once=True, feeds=feeds, progress=True)
+        outcome = harvest(engine, config, once=True, feeds=feeds, progress=progress_mode(args))
     return finish_run(outcome, once=True, json_logs=args.log_format == "json")
 
 
 def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """`harvester status`."""
-    with open_database(args, environ) as engine:
-        database.migrate(engine)
-        with engine.connect() as conn:
-            report.print_status(feedstate.feed_status(conn), sys.stdout)
-            report.print_reasons(feedstate.not_bookable_reasons(conn), sys.stdout)
+    """`harvester status [--json]`: reads only, so a read-only role or a replica will do."""
+    with open_database(args, environ, writes=False) as engine, engine.connect() as conn:
+        database.check_schema(conn)
+        rows = feedstate.feed_status(conn)
+        if args.json:
+            print(json.dumps(report.status_objects(rows), indent=2))
+            return EXIT_OK
+        report.print_status(rows, sys.stdout)
+        report.print_reasons(feedstate.not_bookable_reasons(conn), sys.stdout)
     return EXIT_OK
+
+
+def command_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`harvester check`: what a person runs before deploying; exit 1 on any problem."""
+    from harvester import checks
+
+    config = read_config(args, environ)
+    with open_database(args, environ, writes=False) as engine:
+        results = checks.run_checks(engine, config)
+    for result in results:
+        print(result.line())
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED_FEEDS
 
 
 def command_checkout(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -241,8 +290,12 @@ def command_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def harvest(
-    engine: Engine, config: Config, *, once: bool, feeds: list[feedstate.FeedRow] | None = None,
-    progress: bool = False,
+    engine: Engine,
+    config: Config,
+    *,
+    once: bool,
+    feeds: list[feedstate.FeedRow] | None = None,
+    progress: str | None = None,
 ) -> RunReport:
     """Sync sources, then run the worker until done or stopped by a signal."""
     gc.set_threshold(*GC_THRESHOLDS)
@@ -258,7 +311,7 @@ def harvest(
         owner=new_owner(), stop=stop,
     )  # fmt: skip
     try:
-        with stop_on_signals(stop), report.progress_display(harvester, enabled=progress):
+        with stop_on_signals(stop), report.progress_display(harvester, progress):
             attribution.keep_fresh(engine, fetcher, config, stop)
             return Worker(harvester, feeds, once=once).run()
     finally:
@@ -321,14 +374,19 @@ def read_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 
 @contextmanager
-def open_database(args: argparse.Namespace, environ: Mapping[str, str]) -> Iterator[Engine]:
-    """An engine on the given database, or on the embedded one; disposed on exit."""
+def open_database(
+    args: argparse.Namespace, environ: Mapping[str, str], *, writes: bool = True
+) -> Iterator[Engine]:
+    """An engine on the given database, or on the embedded one; disposed on exit.
+
+    A reading command's engine (`writes=False`) creates nothing on connecting.
+    """
     url = database.environ_database_url(args.database_url, environ)
     with database.resolve_database(url, environ) as resolved:
         if not url:
             print(f"harvester: embedded PostgreSQL in {database.default_data_dir(environ)}",
                   file=sys.stderr)  # fmt: skip
-        engine = database.make_engine(resolved)
+        engine = database.make_engine(resolved, staging=writes)
         try:
             yield engine
         finally:
@@ -364,6 +422,12 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _int_env(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+def port_number(text: str, name: str = "--metrics-port") -> int:
+    """A TCP port from its text; ConfigError (an argparse error for an option) if not one."""
+    value = text.strip()
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        message = f"{name}: expected a port number (1-65535), got {text!r}"
+        if name.startswith("--"):
+            raise argparse.ArgumentTypeError(message)
+        raise ConfigError(message)
+    return int(value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,13 @@ SOURCE_KEYS = frozenset({
 # identifier, or a checkout session created by imin's Standalone or Authenticated Checkout.
 CHECKOUT_ROUTES = ("guest", "standalone", "authenticated")
 BROKER_KEYS = frozenset({"name", "url"})
+TOP_LEVEL_KEYS = frozenset({"sources", "harvester"})
+SETTINGS_PREFIX = "HARVESTER_"  # HARVESTER_<SETTING> overrides [harvester] (12-factor)
+# HARVESTER_* variables that are not [harvester] settings: not taken for typos of one.
+OTHER_VARIABLES = frozenset({
+    "HARVESTER_CONFIG", "HARVESTER_LOG_LEVEL", "HARVESTER_LOG_FORMAT", "HARVESTER_DATA_DIR",
+    "HARVESTER_METRICS_PORT", "HARVESTER_METRICS_HOST", "HARVESTER_API_TOKEN",
+})  # fmt: skip
 # The name is part of every indexed key, beside ids of up to 1,000 bytes (rpde.py).
 MAX_SOURCE_NAME_BYTES = 100
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -89,6 +98,9 @@ class Settings:
     attribution_refresh_seconds: float = 3600.0  # how often an attribution feed is read again
 
 
+SETTING_NAMES = frozenset(field.name for field in dataclasses.fields(Settings))
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration: sources and settings, and the file they came from."""
@@ -120,6 +132,7 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _check_known_keys(document, TOP_LEVEL_KEYS, path, "")
     sources = _require(document, "sources", list, path, "sources")
     if not sources:
         raise ConfigError(f"{path}: sources: at least one [[sources]] table is needed")
@@ -129,15 +142,9 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
         for index, raw in enumerate(sources)
     )
     _check_unique_names(parsed, path)
-    settings = parse_settings(document.get("harvester", {}), path)
-    warnings = tuple(
-        f"{path}: sources[{index}].{name}: unknown key, ignored"
-        for index, raw in enumerate(sources) if isinstance(raw, dict)
-        for name in raw if name not in SOURCE_KEYS
-    )  # fmt: skip
-    return Config(
-        sources=parsed, settings=settings, path=path, warnings=warnings + tuple(header_warnings)
-    )
+    settings = parse_settings(document.get("harvester", {}), path, environ)
+    warnings = (*header_warnings, *unknown_variables(environ))
+    return Config(sources=parsed, settings=settings, path=path, warnings=warnings)
 
 
 def parse_source(
@@ -147,6 +154,7 @@ def parse_source(
     """Validate one [[sources]] table; what was fixed up is appended to `warnings`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {key}: expected a table, got {type(raw).__name__}")
+    _check_known_keys(raw, SOURCE_KEYS, path, f"{key}.")
     name = _require(raw, "name", str, path, f"{key}.name").strip()
     if not name:
         raise ConfigError(f"{path}: {key}.name: must not be empty")
@@ -155,9 +163,7 @@ def parse_source(
     feeds = _require(raw, "feeds", list, path, f"{key}.feeds")
     if not feeds:
         raise ConfigError(f"{path}: {key}.feeds: list at least one feed URL")
-    urls = tuple(
-        _check_feed_url(feed, path, f"{key}.feeds[{i}]") for i, feed in enumerate(feeds)
-    )
+    urls = tuple(_check_feed_url(feed, path, f"{key}.feeds[{i}]") for i, feed in enumerate(feeds))
     base = raw.get("checkout_base_url")
     if base is not None:
         base = _check_checkout_base(base, path, f"{key}.checkout_base_url")
@@ -209,17 +215,61 @@ def _parse_broker(raw: Any, route: str, path: str, key: str) -> Broker | None:
     return Broker(name=name, url=url)
 
 
-def parse_settings(raw: Any, path: str) -> Settings:
-    """Validate the optional [harvester] table over the defaults."""
+def parse_settings(raw: Any, path: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate the optional [harvester] table over the defaults, then HARVESTER_<NAME>
+    environment variables over both (validated alike)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: harvester: expected a table")
+    _check_known_keys(raw, SETTING_NAMES, path, "harvester.")
     defaults = Settings()
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if not hasattr(defaults, name):
-            raise ConfigError(f"{path}: harvester.{name}: unknown setting")
-        values[name] = _coerce_setting(getattr(defaults, name), value, path, name)
+    values = {
+        name: _coerce_setting(getattr(defaults, name), value, f"{path}: harvester.{name}")
+        for name, value in raw.items()
+    }  # fmt: skip
+    for name in SETTING_NAMES:
+        text = (environ or {}).get(SETTINGS_PREFIX + name.upper())
+        if text is not None:
+            variable = SETTINGS_PREFIX + name.upper()
+            default = getattr(defaults, name)
+            values[name] = _coerce_setting(default, _env_value(default, text, variable), variable)
     return Settings(**values)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for HARVESTER_* variables that are no setting (a typo of one, say)."""
+    known = {SETTINGS_PREFIX + name.upper() for name in SETTING_NAMES} | OTHER_VARIABLES
+    return [
+        f"environment: {variable}: not a harvester setting, ignored{_suggestion(variable, known)}"
+        for variable in sorted(environ)
+        if variable.startswith(SETTINGS_PREFIX) and variable not in known
+    ]  # fmt: skip
+
+
+def _env_value(default: Any, text: str, variable: str) -> Any:
+    """A setting's value from its variable's text: a number, or `low,high` for a pair."""
+    parts = [part.strip() for part in text.strip().strip("[]").split(",")]
+    try:
+        numbers = [float(part) if "." in part or "e" in part.lower() else int(part)
+                   for part in parts]  # fmt: skip
+    except ValueError:
+        raise ConfigError(f"{variable}: expected a number, got {text!r}") from None
+    if isinstance(default, tuple):
+        return numbers
+    if len(numbers) != 1:
+        raise ConfigError(f"{variable}: expected one number, got {text!r}")
+    return numbers[0]
+
+
+def _check_known_keys(table: dict[str, Any], known: frozenset[str], path: str, key: str) -> None:
+    for name in table:
+        if name not in known:
+            hint = _suggestion(name, known)
+            raise ConfigError(f"{path}: {key}{name}: unknown key{hint}")
+
+
+def _suggestion(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def expand_env(value: str, environ: Mapping[str, str], path: str, key: str) -> str:
@@ -307,12 +357,11 @@ def _check_unique_names(sources: tuple[Source, ...], path: str) -> None:
         seen.add(source.name)
 
 
-def _coerce_setting(default: Any, value: Any, path: str, name: str) -> Any:
-    key = f"{path}: harvester.{name}"
+def _coerce_setting(default: Any, value: Any, key: str) -> Any:
     if isinstance(default, tuple):
         if not (isinstance(value, list) and len(value) == 2):
             raise ConfigError(f"{key}: expected a list of two numbers [low, high]")
-        low, high = (_coerce_setting(0.0, item, path, name) for item in value)
+        low, high = (_coerce_setting(0.0, item, key) for item in value)
         if low > high:
             raise ConfigError(f"{key}: low {low} is above high {high}")
         return (low, high)
@@ -328,7 +377,5 @@ def _require(table: dict[str, Any], name: str, kind: type, path: str, key: str) 
         raise ConfigError(f"{path}: {key}: missing")
     value = table[name]
     if not isinstance(value, kind):
-        raise ConfigError(
-            f"{path}: {key}: expected {kind.__name__}, got {type(value).__name__}"
-        )
+        raise ConfigError(f"{path}: {key}: expected {kind.__name__}, got {type(value).__name__}")
     return value

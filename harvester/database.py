@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import fastpath
@@ -87,8 +87,12 @@ def resolve_database(url: str | None, environ: Mapping[str, str]) -> Iterator[st
         yield embedded
 
 
-def make_engine(url: str, **options: Any) -> Engine:
-    """An engine whose sessions speak UTC and say who they are."""
+def make_engine(url: str, *, staging: bool = True, **options: Any) -> Engine:
+    """An engine whose sessions speak UTC and say who they are.
+
+    With `staging`, each new connection gets the page writes' temporary table; reading
+    commands do without, so they run on a hot standby and as a read-only role.
+    """
     # synchronous_commit=off: a page and its cursor commit together, so a commit lost in a
     # server crash rewinds both and the page is fetched again (RPDE replay is idempotent).
     settings = {"timezone": "UTC", "synchronous_commit": "off", **SESSION_TIMEOUTS}
@@ -106,7 +110,7 @@ def make_engine(url: str, **options: Any) -> Engine:
         connect_args=connect_args,
         **options,
     )
-    return fastpath.prepare_engine(engine)
+    return fastpath.prepare_engine(engine) if staging else engine
 
 
 def migrations_path() -> Path:
@@ -130,7 +134,42 @@ def migrate(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"migration failed: {exc}") from exc
+        raise as_database_error(exc, "migration failed") from exc
+
+
+def as_database_error(error: SQLAlchemyError, doing: str) -> DatabaseError:
+    """One line: a connection that failed says so; anything else says what was being done."""
+    original = getattr(error, "orig", None) or error
+    first = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    if getattr(error, "statement", "") is None or getattr(error, "connection_invalidated", False):
+        return DatabaseError(f"cannot connect to the database: {first}")
+    return DatabaseError(f"{doing}: {first}")
+
+
+def head_revision() -> str:
+    """The newest migration this harvester carries."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    return str(ScriptDirectory.from_config(config).get_current_head())
+
+
+def check_schema(conn: Connection) -> None:
+    """A reading command's check, writing nothing: the schema is there and not behind."""
+    present = conn.execute(text("SELECT to_regclass('harvester.alembic_version')")).scalar()
+    if present is None:
+        raise DatabaseError(
+            "the database has no harvester schema yet: run `harvester migrate` (or `run`)"
+        )
+    found = conn.execute(text("SELECT version_num FROM harvester.alembic_version")).scalar()
+    head = head_revision()
+    if found is not None and found < head:  # revisions are numbered 0001, 0002...
+        raise DatabaseError(
+            f"the schema is at revision {found} and this harvester reads revision {head}:"
+            " run `harvester migrate` (a writer's job), or use the harvester of that revision"
+        )
 
 
 def environ_database_url(

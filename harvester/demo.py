@@ -38,8 +38,10 @@ def run_demo(
                 show_results(engine)
                 show_checkout_sessions(engine, config, checkout.base_url)
                 if args.keep_running:
-                    print(f"\nharvesting until Ctrl-C; query it meanwhile:\n"
-                          f"  psql '{libpq_url(url)}' -c 'SELECT * FROM bookable_now'")
+                    print(
+                        f"\nharvesting until Ctrl-C; query it meanwhile:\n"
+                        f"  psql '{libpq_url(url)}' -c 'SELECT * FROM bookable_now'"
+                    )
                     harvest(engine, config, once=False)
                 else:
                     print("\n`harvester demo --keep-running` keeps it up to query with psql")

@@ -1,17 +1,17 @@
 """Every error the harvester raises, under one root.
 
-    HarvesterError
-    ├── ConfigError              bad configuration: fatal, exit code 2
-    ├── DatabaseError            the database cannot be reached or set up
-    ├── InternalError            a bug of ours (say, SQL the server refuses): fail loudly
-    ├── LeaseLost                another worker moved the feed on: drop the page
-    └── FeedError                one feed's trouble (never stops the other feeds)
-        ├── RetriableFeedError   transport errors, 5xx, 429: try again later
-        │   └── FeedOverloaded   503 without Retry-After: RPDE says wait 60-120 min
-        └── FatalFeedError       do not retry until an operator acts
-            ├── FeedGone         404/410: RPDE says consider the endpoint gone
-            ├── InvalidPage      the body is not an RPDE page
-            └── ForeignNextUrl   `next` leaves the feed's own origin
+HarvesterError
+├── ConfigError              bad configuration: fatal, exit code 2
+├── DatabaseError            the database cannot be reached or set up
+├── InternalError            a bug of ours (say, SQL the server refuses): fail loudly
+├── LeaseLost                another worker moved the feed on: drop the page
+└── FeedError                one feed's trouble (never stops the other feeds)
+    ├── RetriableFeedError   transport errors, 5xx, 429: try again later
+    │   └── FeedOverloaded   503 without Retry-After: RPDE says wait 60-120 min
+    └── FatalFeedError       do not retry until an operator acts
+        ├── FeedGone         404/410: RPDE says consider the endpoint gone
+        ├── InvalidPage      the body is not an RPDE page
+        └── ForeignNextUrl   `next` leaves the feed's own origin
 """
 
 from __future__ import annotations

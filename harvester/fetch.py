@@ -186,7 +186,8 @@ def read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
     if encoding == "identity" and declared and declared.isdigit() and int(declared) > limit:
         raise InvalidPage(
             f"{url}: response of {declared} bytes exceeds the {limit} byte cap"
-            " (harvester.max_page_bytes)", url=url
+            " (harvester.max_page_bytes)",
+            url=url,
         )
     body = decode_capped(url, raw_body(response), encoding, limit)
     # One short-lived copy: the bytearray is dropped on return.

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from harvester import redact
+from harvester.errors import ConfigError
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -68,8 +69,14 @@ def scrub_value(value: Any) -> Any:
     return scrub_value(orjson.loads(orjson.dumps(value, default=str)))
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger once, to stderr."""
+    """Configure the root logger once, to stderr; ConfigError for an unknown level."""
+    if level.strip().upper() not in LEVELS:
+        raise ConfigError(f"log level {level!r}: one of {', '.join(LEVELS)} (--log-level, "
+                          "HARVESTER_LOG_LEVEL)")  # fmt: skip
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())  # scrubs each field itself
@@ -78,7 +85,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(ScrubbingFormatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.strip().upper())
     # httpx logs every request at INFO, URL included; ours are enough.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     for noisy in ("alembic", "pgserver"):  # set-up chatter, not harvesting news

@@ -1,20 +1,32 @@
-"""Prometheus metrics and an optional HTTP port serving /metrics and /healthz."""
+"""Prometheus metrics and an optional HTTP port serving /metrics and /healthz.
+
+Per-feed series are labelled `source` and `kind` (the type of item the feed serves);
+gauges that describe one feed also carry its `url`, as two feeds may share a kind.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -22,29 +34,122 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import feedstate
+from harvester import __version__, feedstate
 from harvester.config import Settings
+from harvester.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 HEALTHY_WITHIN_SECONDS = 60.0  # /healthz fails when the worker loop has not ticked for this long
 FEED_STATES = ("new", "harvesting", "caught_up", "backing_off", "gone", "error", "database")
+DEFAULT_HOST = "127.0.0.1"  # the port tells feed URLs and health: not for the world unless asked
+
+# A `_created` series per counter doubles what a scrape carries and nobody graphs it.
+# The switch is process-wide in prometheus_client and read when a counter is made: so
+# here, before the first one.
+disable_created_metrics()
 
 registry = CollectorRegistry(auto_describe=True)
-PAGES = Counter("harvester_pages", "RPDE pages committed", ["source", "feed"], registry=registry)
-ITEMS = Counter("harvester_items", "RPDE items written", ["source", "feed"], registry=registry)
+# What every Prometheus exporter is expected to show: process_*, python_info, python_gc_*.
+ProcessCollector(registry=registry)
+PlatformCollector(registry=registry)
+GCCollector(registry=registry)
+BUILD = Info("harvester_build", "the harvester's version and the Python running it",
+             registry=registry)  # fmt: skip
+BUILD.info({"version": __version__, "python": platform.python_version()})
+
+# Counters are summed over a source's feeds of one kind: no URL, so they stay readable.
+PAGES = Counter("harvester_pages", "RPDE pages committed, by source and kind of item",
+                ["source", "kind"], registry=registry)  # fmt: skip
+ITEMS = Counter("harvester_items", "RPDE items written, by source and kind of item",
+                ["source", "kind"], registry=registry)  # fmt: skip
 REJECTED = Counter(
-    "harvester_items_rejected", "RPDE items set aside as broken", ["source", "feed"],
-    registry=registry,
+    "harvester_items_rejected", "RPDE items set aside as broken, by source and kind of item",
+    ["source", "kind"], registry=registry,
 )  # fmt: skip
 ERRORS = Counter(
-    "harvester_feed_errors", "feed failures by resulting state", ["source", "feed", "state"],
-    registry=registry,
+    "harvester_feed_errors", "feed failures by source, kind of item and resulting state",
+    ["source", "kind", "state"], registry=registry,
 )  # fmt: skip
-STATE = Gauge(
-    "harvester_feed_state", "1 for the feed's current state", ["source", "feed", "state"],
-    registry=registry,
-)  # fmt: skip
+
+
+class Typed(Protocol):
+    """A stored row: all the metrics read of it is its item type."""
+
+    @property
+    def type(self) -> str | None:
+        """The item's type (`ScheduledSession`, ...); None for a tombstone."""
+
+
+def url_kind(url: str) -> str:
+    """A feed's kind before any page is seen: its URL's last path segment."""
+    parts = urlsplit(url)
+    return parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or url
+
+
+def page_kind(rows: Sequence[Typed]) -> str | None:
+    """The most common item type among a page's rows; None when no row has one."""
+    tally = Tally(row.type for row in rows if row.type)
+    return tally.most_common(1)[0][0] if tally else None
+
+
+class Kinds:
+    """The kind of item each feed serves, as last seen on one of its pages, by URL."""
+
+    def __init__(self) -> None:
+        self.by_url: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def see(self, url: str, rows: Sequence[Typed]) -> str:
+        """Note the kind of a page's rows; the feed's kind from now on."""
+        kind = page_kind(rows)
+        if kind is not None:  # a page of tombstones says nothing: keep what was seen
+            with self.lock:
+                self.by_url[url] = kind
+        return self.of(url)
+
+    def of(self, url: str) -> str:
+        """The feed's kind: as last seen, else read from its URL."""
+        with self.lock:
+            return self.by_url.get(url) or url_kind(url)
+
+
+KINDS = Kinds()
+
+
+class StateCollector(Collector):
+    """harvester_feed_state: 1 for each feed's current state, 0 for the others.
+
+    Labelled at scrape time, so a feed whose kind becomes known leaves no stale series
+    under the kind read from its URL.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], str] = {}
+        self.lock = threading.Lock()
+
+    def set(self, source: str, url: str, state: str) -> None:
+        """The feed is now in this state."""
+        with self.lock:
+            self.states[(source, url)] = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per feed and state."""
+        family = GaugeMetricFamily(
+            "harvester_feed_state", "1 for the feed's current state, by source, kind and URL",
+            labels=["source", "kind", "url", "state"],
+        )  # fmt: skip
+        with self.lock:
+            states = list(self.states.items())
+        for (source, url), current in states:
+            kind = KINDS.of(url)
+            for name in FEED_STATES:
+                family.add_metric([source, kind, url, name], 1 if name == current else 0)
+        yield family
+
+
+STATE = StateCollector()
+registry.register(STATE)
 
 
 class LagCollector(Collector):
@@ -54,21 +159,23 @@ class LagCollector(Collector):
         self.caught_up: dict[tuple[str, str], float] = {}
         self.lock = threading.Lock()
 
-    def mark(self, source: str, feed: str) -> None:
+    def mark(self, source: str, url: str) -> None:
         """The feed just reached its last page."""
         with self.lock:
-            self.caught_up[(source, feed)] = time.time()
+            self.caught_up[(source, url)] = time.time()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Lag per feed, computed at scrape time so it grows while a feed is stuck."""
         family = GaugeMetricFamily(
-            "harvester_feed_lag_seconds", "seconds since the feed was last caught up",
-            labels=["source", "feed"],
+            "harvester_feed_lag_seconds",
+            "seconds since the feed was last caught up, by source, kind and URL",
+            labels=["source", "kind", "url"],
         )  # fmt: skip
         now = time.time()
         with self.lock:
-            for (source, feed), moment in self.caught_up.items():
-                family.add_metric([source, feed], now - moment)
+            moments = list(self.caught_up.items())
+        for (source, url), moment in moments:
+            family.add_metric([source, KINDS.of(url), url], now - moment)
         yield family
 
 
@@ -95,11 +202,13 @@ class CaughtUpCollector(Collector):
         """One sample per feed that has ever reached its last page."""
         family = GaugeMetricFamily(
             "harvester_feed_last_caught_up_timestamp_seconds",
-            "when the feed last reached its last page (Unix time), from the database",
-            labels=["source", "feed"],
+            "when the feed last reached its last page (Unix time), from the database,"
+            " by source, kind and URL",
+            labels=["source", "kind", "url"],
         )  # fmt: skip
+        # A feed this process has not harvested (another worker's) gets its URL's kind.
         for source, url, moment in self.read():
-            family.add_metric([source, url], moment.timestamp())
+            family.add_metric([source, KINDS.of(url), url], moment.timestamp())
         yield family
 
     def read(self) -> list[Any]:
@@ -167,28 +276,30 @@ def health_problem(
 HEALTH = Health()
 
 
-def record_page(source: str, feed: str, items: int, rejected: int, caught_up: bool) -> None:
-    """Count one committed page."""
+def record_page(
+    source: str, url: str, rows: Sequence[Typed], rejected: int, caught_up: bool
+) -> None:
+    """Count one committed page; its rows tell the feed's kind."""
     HEALTH.progress()
-    PAGES.labels(source, feed).inc()
-    ITEMS.labels(source, feed).inc(items)
+    kind = KINDS.see(url, rows)
+    PAGES.labels(source, kind).inc()
+    ITEMS.labels(source, kind).inc(len(rows))
     if rejected:
-        REJECTED.labels(source, feed).inc(rejected)
+        REJECTED.labels(source, kind).inc(rejected)
     if caught_up:
-        LAG.mark(source, feed)
-    set_state(source, feed, "caught_up" if caught_up else "harvesting")
+        LAG.mark(source, url)
+    set_state(source, url, "caught_up" if caught_up else "harvesting")
 
 
-def record_error(source: str, feed: str, state: str) -> None:
-    """Count a feed failure and show its new state."""
-    ERRORS.labels(source, feed, state).inc()
-    set_state(source, feed, state)
+def record_error(source: str, url: str, state: str) -> None:
+    """Count a feed failure under the feed's last seen kind and show its new state."""
+    ERRORS.labels(source, KINDS.of(url), state).inc()
+    set_state(source, url, state)
 
 
-def set_state(source: str, feed: str, state: str) -> None:
+def set_state(source: str, url: str, state: str) -> None:
     """Exactly one state gauge per feed is 1."""
-    for name in FEED_STATES:
-        STATE.labels(source, feed, name).set(1 if name == state else 0)
+    STATE.set(source, url, state)
 
 
 class MetricsHandler(BaseHTTPRequestHandler):
@@ -220,9 +331,14 @@ class MetricsHandler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-def serve_metrics(host: str, port: int) -> ThreadingHTTPServer:
+def serve_metrics(host: str = DEFAULT_HOST, port: int = 0) -> ThreadingHTTPServer:
     """Serve /metrics and /healthz in a daemon thread; returns the server (port 0 = any)."""
-    server = ThreadingHTTPServer((host, port), MetricsHandler)
+    try:
+        server = ThreadingHTTPServer((host, port), MetricsHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # a second worker on one port: say so, no traceback
+            raise ConfigError(f"metrics port {port} on {host} is in use") from exc
+        raise
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="harvester-metrics", daemon=True).start()
     logger.info(

@@ -34,10 +34,12 @@ class PageWrite:
 
 
 class Written(NamedTuple):
-    """What a page write did: the feed's new row, and the rows the database refused."""
+    """What a page write did: the feed's new row, the rows the database refused, and the
+    rows a finished backfill swept (not seen again)."""
 
     feed: FeedRow
     refused: list[Rejected]
+    swept: int = 0
 
 
 SOURCE_LOCK = 7310  # advisory lock class of page writes, keyed by the source's name hash
@@ -92,13 +94,12 @@ def write_pages(
     for page in pages:
         record_rejected(conn, feed.id, page.page_url,
                         [*page.rejected, *(refused if page is last else ())])  # fmt: skip
-    if finishing:
-        sweep_unseen(conn, feed)
+    swept = sweep_unseen(conn, feed) if finishing else 0
     license = next((page.license for page in reversed(pages) if page.license), None)
     moved = advance_feed(conn, feed, last.next_url, len(rows), len(pages), last.caught_up,
                          owner=owner, finishing=finishing, lease_seconds=lease_seconds,
                          license=license)  # fmt: skip
-    return Written(moved, refused)
+    return Written(moved, refused, swept)
 
 
 def latest_rows(pages: Sequence[PageWrite]) -> Sequence[Row]:

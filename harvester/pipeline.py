@@ -127,6 +127,9 @@ class Progress:
     last_page_at: float = 0.0  # time.monotonic()
     started_at: float = field(default_factory=time.monotonic)
     waited: float = 0.0  # seconds spent giving way to the source's parent feeds
+    newest_modified: int | None = None  # the largest integer `modified` written so far
+    swept: int = 0  # rows a finished backfill removed (not seen again)
+    finished_at: float | None = None  # time.monotonic() when the harvest ended
 
     @property
     def working_seconds(self) -> float:
@@ -229,7 +232,8 @@ class Harvester:
                 if not batch:
                     break
                 progress.waited += self.give_way(feed, batch, patience)
-                feed, batch = self.write(feed, batch)
+                feed, batch, swept = self.write(feed, batch)
+                progress.swept += swept
                 for parsed in batch:
                     self.count(feed, progress, parsed, parsed.ends_feed)
                 ended = batch[-1].ends_feed
@@ -267,12 +271,13 @@ class Harvester:
         rpde.check_origin(feed.url, parsed.next_url)
         return parsed
 
-    def write(self, feed: FeedRow, batch: list[Parsed]) -> tuple[FeedRow, list[Parsed]]:
+    def write(self, feed: FeedRow, batch: list[Parsed]) -> tuple[FeedRow, list[Parsed], int]:
         """Commit the pages and the feed's new position in one transaction.
 
         Pages the database refuses for their data are written again item by item, the
         refused items set aside: one bad item never costs its page. Returns the moved
-        feed and the pages as written (the refused items among the last one's rejected).
+        feed, the pages as written (the refused items among the last one's rejected) and
+        how many rows a backfill ending here swept.
         """
         for parsed in batch:
             if parsed.repeats_itself:
@@ -294,7 +299,12 @@ class Harvester:
             written = self.commit_pages(feed, writes, one_by_one=True)
             last = batch[-1]
             batch = [*batch[:-1], replace(last, rejected=[*last.rejected, *written.refused])]
-        return written.feed, batch
+        if written.swept:
+            logger.info(
+                "%s: backfill done; %d rows not seen again removed", feed.url, written.swept,
+                extra={"event": "backfill_swept", "feed": feed.url, "removed": written.swept},
+            )  # fmt: skip
+        return written.feed, batch, written.swept
 
     def commit_pages(
         self, feed: FeedRow, writes: list[PageWrite], *, one_by_one: bool
@@ -310,11 +320,17 @@ class Harvester:
         """Update the progress and log the page."""
         progress.pages += 1
         progress.items += len(parsed.rows)
+        newest = max((row.modified for row in parsed.rows if row.modified is not None),
+                     default=None)  # fmt: skip
+        if newest is not None and (progress.newest_modified or newest) <= newest:
+            progress.newest_modified = newest  # how far behind a feed is, when it is a time
+        if last:
+            progress.finished_at = time.monotonic()
         progress.rejected += len(parsed.rejected)
         progress.caught_up = last
         progress.max_age = parsed.max_age
         progress.last_page_at = time.monotonic()
-        metrics.record_page(feed.source, feed.url, len(parsed.rows), len(parsed.rejected), last)
+        metrics.record_page(feed.source, feed.url, parsed.rows, len(parsed.rejected), last)
         for rejected in parsed.rejected:
             logger.warning(
                 "%s: item %s set aside: %s", parsed.url, rejected.id or f"#{rejected.position}",

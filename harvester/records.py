@@ -74,9 +74,7 @@ EMPTY_WINDOW = "booking window is empty"
 PARENT_REF_TOO_LONG = f"parent reference longer than {rpde.MAX_ID_BYTES} bytes"
 
 
-def to_rows(
-    items: list[Item], purpose: str = "opportunities"
-) -> tuple[list[Row], list[Rejected]]:
+def to_rows(items: list[Item], purpose: str = "opportunities") -> tuple[list[Row], list[Rejected]]:
     """One staging row per item, tombstones included; an item that cannot be stored is
     set aside with the reason instead of costing its page. A bookable sellers feed's
     items are sellers, whatever their type."""

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from harvester.feedstate import FeedRow
 from harvester.pipeline import Harvester, Progress
 
 logger = logging.getLogger(__name__)
-PROGRESS_LOG_SECONDS = 10.0
+PROGRESS_LOG_SECONDS = 10.0  # a feed's progress record off a terminal, at most this often
+RATE_SECONDS = 10.0  # the progress rate is over the last this many seconds
 
 
 def print_status(rows: Sequence[Any], out: TextIO) -> None:
@@ -52,6 +54,32 @@ def status_fields(row: Any) -> tuple[str, ...]:
     )
 
 
+def status_objects(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """`status --json`: one object per feed, the same facts as the lines, machine-typed."""
+    return [
+        {
+            "source": row.source, "kind": row.kinds, "url": row.url, "items": row.items,
+            "state": "backfilling" if row.backfilling and row.state != "gone" else row.state,
+            "pages": row.pages, "rejected": row.rejected,
+            "last_page_at": _iso(row.last_page_at), "caught_up_at": _iso(row.caught_up_at),
+            "lag_seconds": lag_seconds(row.caught_up_at, row.now),
+            "last_error": row.last_error, "retry_at": _iso(row.retry_at),
+        }
+        for row in rows
+    ]  # fmt: skip
+
+
+def lag_seconds(caught_up_at: datetime | None, now: datetime) -> float | None:
+    """Seconds since the feed was last known to be caught up (None: never yet)."""
+    if caught_up_at is None:
+        return None
+    return round(max(timedelta(0), now - caught_up_at).total_seconds(), 3)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
 def print_reasons(rows: Sequence[Any], out: TextIO) -> None:
     """Held opportunities that are not bookable now, by reason."""
     if rows:
@@ -78,7 +106,7 @@ def format_lag(caught_up_at: datetime | None, now: datetime) -> str:
     """How long since the feed was last known to be caught up."""
     if caught_up_at is None:
         return "-"
-    seconds = int(max(timedelta(0), now - caught_up_at).total_seconds())
+    seconds = int(lag_seconds(caught_up_at, now) or 0)
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -86,56 +114,155 @@ def format_lag(caught_up_at: datetime | None, now: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
+@dataclass
+class FeedTrack:
+    """What the progress display knows of one feed's harvest."""
+
+    label: str
+    progress: Progress
+    samples: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic, items)
+
+    def sample(self, now: float) -> None:
+        """Note the items so far; keep the last RATE_SECONDS of samples."""
+        self.samples.append((now, self.progress.items))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_SECONDS:
+            self.samples.popleft()
+
+    def figures(self, now: float, wall: datetime) -> dict[str, Any]:
+        """Pages, items, the recent rate, how far behind, the clock (stopped once done)."""
+        progress = self.progress
+        (start, first), (end, last) = self.samples[0], self.samples[-1]
+        recent = (last - first) / (end - start) if end > start else 0.0
+        ended = progress.finished_at if progress.finished_at is not None else now
+        return {
+            "pages": progress.pages, "items": progress.items,
+            "items_per_second": round(recent), "behind_seconds": behind(progress, wall),
+            "seconds": round(ended - progress.started_at, 1),
+            "done": progress.finished_at is not None, "swept": progress.swept,
+        }  # fmt: skip
+
+
+def behind(progress: Progress, wall: datetime) -> float | None:
+    """How far the newest `modified` written is behind now, when `modified` reads as a
+    time (Unix seconds or milliseconds, or .NET ticks); None when it is a change number.
+    A publisher's clock ahead of ours counts as not behind."""
+    modified = progress.newest_modified
+    if modified is None:
+        return None
+    for low, high, to_seconds in MODIFIED_CLOCKS:
+        if low <= modified < high:
+            return round(max(0.0, wall.timestamp() - to_seconds(modified)), 1)
+    return None
+
+
+# `modified` ranges that read as times from 2001 to 2286, and how to make seconds of them.
+MODIFIED_CLOCKS: tuple[tuple[int, int, Callable[[int], float]], ...] = (
+    (10**9, 10**10, float),  # Unix seconds
+    (10**12, 10**13, lambda value: value / 1000),  # Unix milliseconds
+    (631_139_040_000_000_000, 721_000_000_000_000_000,  # .NET ticks (100 ns from year 1)
+     lambda value: (value - 621_355_968_000_000_000) / 10**7),
+)  # fmt: skip
+
+
+def describe_figures(figures: dict[str, Any]) -> str:
+    """One progress line's figures, for a log record or a terminal row."""
+    lag = figures["behind_seconds"]
+    done = f", done in {figures['seconds']:g}s" if figures["done"] else ""
+    swept = f", {figures['swept']} removed" if figures["swept"] else ""
+    return (f"{figures['pages']} pages, {figures['items']} items, "
+            f"{figures['items_per_second']:,} items/s, "
+            f"behind {'-' if lag is None else format_span(lag)}{done}{swept}")  # fmt: skip
+
+
+def format_span(seconds: float) -> str:
+    """A duration for people: 45s, 12m, 3h, 5d."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 @contextmanager
-def progress_display(harvester: Harvester, *, enabled: bool) -> Iterator[None]:
-    """A progress bar on a terminal, plain log lines otherwise (pages, items, rate)."""
-    if not enabled:
+def progress_display(harvester: Harvester, mode: str | None) -> Iterator[None]:
+    """Per-feed progress: a live table on a terminal (`live`), periodic log records with
+    the figures as fields otherwise (`log`, and always under JSON logs), or none."""
+    if mode is None:
         yield
         return
-    if sys.stderr.isatty():
-        with _rich_progress(harvester):
-            yield
-    else:
-        with _logged_progress(harvester):
-            yield
+    tracks: dict[int, FeedTrack] = {}
+    lock = threading.Lock()
+
+    def track_of(feed: FeedRow, progress: Progress) -> FeedTrack:
+        with lock:
+            track = tracks.get(feed.id)
+            if track is None or track.progress is not progress:  # a new harvest of it
+                track = tracks[feed.id] = FeedTrack(f"{feed.source} {feed.url}", progress)
+            track.sample(time.monotonic())
+            return track
+
+    display = _live_progress if mode == "live" else _logged_progress
+    with display(harvester, track_of, tracks, lock):
+        yield
 
 
 @contextmanager
-def _rich_progress(harvester: Harvester) -> Iterator[None]:
-    from rich.progress import Progress as Bar
-    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+def _live_progress(
+    harvester: Harvester, track_of: Callable[[FeedRow, Progress], FeedTrack],
+    tracks: dict[int, FeedTrack], lock: threading.Lock,
+) -> Iterator[None]:  # fmt: skip
+    from rich.live import Live
 
-    started = time.monotonic()
-    with Bar(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
-        tasks: dict[int, Any] = {}
-        lock = threading.Lock()
+    with Live(progress_table(tracks, lock), refresh_per_second=4, transient=False) as live:
 
         def on_page(feed: FeedRow, progress: Progress) -> None:
-            with lock:
-                if feed.id not in tasks:
-                    tasks[feed.id] = bar.add_task(feed.url)
-            bar.update(tasks[feed.id], description=_describe(feed, progress, started))
+            track_of(feed, progress)
+            live.update(progress_table(tracks, lock))
 
         harvester.on_page = on_page
         yield
+        live.update(progress_table(tracks, lock))
+
+
+def progress_table(tracks: dict[int, FeedTrack], lock: threading.Lock) -> Any:
+    """The live table: a row per feed; a finished feed's clock is stopped."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, expand=False)
+    for column in ("FEED", "PAGES", "ITEMS", "ITEMS/S", "BEHIND", "TIME", ""):
+        table.add_column(column, overflow="fold", justify="left" if column == "FEED" else "right")
+    now, wall = time.monotonic(), datetime.now(UTC)
+    with lock:
+        rows = [(track.label, track.figures(now, wall)) for track in tracks.values()]
+    for label, figures in rows:
+        lag = figures["behind_seconds"]
+        state = "done" + (f", {figures['swept']} removed" if figures["swept"] else "")
+        table.add_row(
+            label, f"{figures['pages']:,}", f"{figures['items']:,}",
+            f"{figures['items_per_second']:,}", "-" if lag is None else format_span(lag),
+            f"{figures['seconds']:.0f}s", state if figures["done"] else "",
+        )  # fmt: skip
+    return table
 
 
 @contextmanager
-def _logged_progress(harvester: Harvester) -> Iterator[None]:
-    started = time.monotonic()
+def _logged_progress(
+    harvester: Harvester, track_of: Callable[[FeedRow, Progress], FeedTrack],
+    tracks: dict[int, FeedTrack], lock: threading.Lock,
+) -> Iterator[None]:  # fmt: skip
     last_logged: dict[int, float] = {}
 
     def on_page(feed: FeedRow, progress: Progress) -> None:
+        track = track_of(feed, progress)
         now = time.monotonic()
-        if progress.caught_up or now - last_logged.get(feed.id, 0.0) >= PROGRESS_LOG_SECONDS:
-            last_logged[feed.id] = now
-            logger.info(_describe(feed, progress, started), extra={"event": "progress"})
+        recent = now - last_logged.get(feed.id, 0.0) < PROGRESS_LOG_SECONDS
+        if progress.finished_at is None and recent:
+            return
+        last_logged[feed.id] = now
+        figures = track.figures(now, datetime.now(UTC))
+        logger.info(
+            "%s: %s", feed.url, describe_figures(figures),
+            extra={"event": "progress", "source": feed.source, "feed": feed.url, **figures},
+        )  # fmt: skip
 
     harvester.on_page = on_page
     yield
-
-
-def _describe(feed: FeedRow, progress: Progress, started: float) -> str:
-    rate = progress.items / max(1e-6, time.monotonic() - started)
-    done = " (done)" if progress.caught_up else ""
-    return f"{feed.url}: {progress.pages} pages, {progress.items} items, {rate:,.0f} items/s{done}"

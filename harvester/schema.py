@@ -34,6 +34,13 @@ NAMING = {
 }
 metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
 TIMESTAMPTZ = TIMESTAMP(timezone=True)
+# Where a child is, as far as it tells itself, and where a parent is (migration 0008).
+CHILD_GEO = (
+    "harvester.geo_point(harvester.inherited(data, harvester.embedded_parent(data, type),"
+    " '{location,geo}'))"
+)
+PARENT_GEO = "harvester.geo_point(harvester.inherited(NULL, data, '{location,geo}'))"
+
 
 def offer_columns() -> list[Column[object]]:
     """A publicAdult offer as the booking window reads it: usable or why not, and its spans."""
@@ -128,12 +135,30 @@ items = Table(
     # A checkout finds its opportunity by @id, or by identifier within a source. Hash
     # indexes: four bytes an entry however long the URL, and only equality is asked.
     Index(
-        "ix_items_child_id", "item_id",
-        postgresql_using="hash", postgresql_where=text("role = 'child'"),
+        "ix_items_child_id",
+        "item_id",
+        postgresql_using="hash",
+        postgresql_where=text("role = 'child'"),
     ),
     Index(
-        "ix_items_child_identifier", "identifier",
-        postgresql_using="hash", postgresql_where=text("role = 'child'"),
+        "ix_items_child_identifier",
+        "identifier",
+        postgresql_using="hash",
+        postgresql_where=text("role = 'child'"),
+    ),
+    # bookable_near's: where children are by what they carry themselves (their own location,
+    # or their embedded parent's), and where parents are (GiST over core `point`s).
+    Index(
+        "ix_items_child_geo",
+        text(CHILD_GEO),
+        postgresql_using="gist",
+        postgresql_where=text(f"role = 'child' AND {CHILD_GEO} IS NOT NULL"),
+    ),
+    Index(
+        "ix_items_parent_geo",
+        text(PARENT_GEO),
+        postgresql_using="gist",
+        postgresql_where=text(f"role = 'parent' AND {PARENT_GEO} IS NOT NULL"),
     ),
 )
 

@@ -212,21 +212,35 @@ class Worker:
             return self.database_failed(feed, exc)
         except Exception as exc:  # an unforeseen bug must not kill the other feeds
             logger.exception("%s: unexpected error", feed.url, extra={"event": "feed_crashed"})
-            return self.feed_failed(feed, InternalError(
-                f"{feed.next_url}: unexpected error (a harvester bug): {describe(exc)}"))
+            return self.feed_failed(
+                feed,
+                InternalError(
+                    f"{feed.next_url}: unexpected error (a harvester bug): {describe(exc)}"
+                ),
+            )
 
     def database_failed(self, feed: FeedRow, error: Exception) -> FeedOutcome:
         """Sort a database error by its SQLSTATE: an outage, the page's data, or our bug."""
         fault = database_fault(error)
         reason = describe(error)
         if fault == "data":
-            return self.feed_failed(feed, FatalFeedError(
-                f"{feed.next_url}: refused by the database: {reason}", url=feed.next_url))
+            return self.feed_failed(
+                feed,
+                FatalFeedError(
+                    f"{feed.next_url}: refused by the database: {reason}", url=feed.next_url
+                ),
+            )
         if fault == "bug":
-            logger.error("%s: the database refused a statement of ours: %s", feed.url, reason,
-                         exc_info=error, extra={"event": "feed_crashed", "feed": feed.url})
-            return self.feed_failed(feed, InternalError(
-                f"{feed.next_url}: internal error (a harvester bug): {reason}"))
+            logger.error(
+                "%s: the database refused a statement of ours: %s",
+                feed.url,
+                reason,
+                exc_info=error,
+                extra={"event": "feed_crashed", "feed": feed.url},
+            )
+            return self.feed_failed(
+                feed, InternalError(f"{feed.next_url}: internal error (a harvester bug): {reason}")
+            )
         delay = self.note_database_failure(error)
         self.store_error(feed, "database", f"database unavailable: {reason}", None)
         return FeedOutcome(feed, error=error, retry_in=delay, state="database")
@@ -259,8 +273,12 @@ class Worker:
             with self.harvester.engine.begin() as conn:
                 feedstate.record_feed_error(conn, feed.id, state, redact.scrub(message), retry_at)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
-            logger.warning("%s: could not record the failure: %s", feed.url, describe(exc),
-                           extra={"event": "feed_error_not_recorded", "feed": feed.url})
+            logger.warning(
+                "%s: could not record the failure: %s",
+                feed.url,
+                describe(exc),
+                extra={"event": "feed_error_not_recorded", "feed": feed.url},
+            )
 
     def loop_database_failure(self, error: Exception) -> None:
         """A scheduling statement failed: wait out an outage; a bug of ours stops the run."""

@@ -529,6 +529,7 @@ def test_slot_on_an_individual_facility(reference: Any) -> None:
 
 # --- types from data and kind ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("kind", "data", "expected"),
     [

@@ -435,8 +435,11 @@ def test_a_parent_tombstone_racing_the_parents_insert_takes_the_exclusive_lock(
 def advisory_waiters(engine: Engine) -> int:
     """Sessions waiting for an advisory lock."""
     with engine.connect() as conn:
-        return int(conn.execute(text("SELECT count(*) FROM pg_locks"
-                                     " WHERE locktype = 'advisory' AND NOT granted")).scalar_one())
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+        )
 
 
 def wait_until(condition: Any, timeout: float) -> bool:
@@ -754,14 +757,22 @@ def test_opportunity_status_reasons(engine: Engine, children_first: bool) -> Non
         4: (session(4, startDate=soon(2), eventStatus="EventCancelled"), "cancelled or postponed"),
         5: (session(5, startDate=soon(2), **{FLAG: False}), "not potentially bookable"),
         6: (session(6, startDate="2030-01-01T10:00:00"), "startDate has no timezone"),
-        7: (session(7, startDate=soon(2), superEvent=f"{HOST}/session-series/none"),
-            "parent not held"),
-        8: (session(8, startDate=soon(2), superEvent=f"{HOST}/session-series/2"),
-            "parent has no publicAdult offer"),
-        9: (session(9, startDate=soon(2), superEvent=f"{HOST}/session-series/3"),
-            "parent publicAdult not potentially bookable"),
-        10: (session(10, startDate=soon(2), superEvent=f"{HOST}/session-series/4"),
-             "parent validFromBeforeStartDate is not an ISO 8601 duration"),
+        7: (
+            session(7, startDate=soon(2), superEvent=f"{HOST}/session-series/none"),
+            "parent not held",
+        ),
+        8: (
+            session(8, startDate=soon(2), superEvent=f"{HOST}/session-series/2"),
+            "parent has no publicAdult offer",
+        ),
+        9: (
+            session(9, startDate=soon(2), superEvent=f"{HOST}/session-series/3"),
+            "parent publicAdult not potentially bookable",
+        ),
+        10: (
+            session(10, startDate=soon(2), superEvent=f"{HOST}/session-series/4"),
+            "parent validFromBeforeStartDate is not an ISO 8601 duration",
+        ),
         11: (session(11, startDate=soon(2), identifier=ABSENT), None),  # no rule asks for one
         12: (session(12, startDate=ABSENT), "no startDate"),
     }

@@ -106,8 +106,11 @@ def test_checkout_base_as_full_url() -> None:
     ("text", "environ", "key"),
     [
         # A header names an environment variable that is not set.
-        (MINIMAL + '[sources.headers]\nX-API-KEY = "${IMIN_API_KEY}"\n', {},
-         "sources[0].headers.X-API-KEY"),  # fmt: skip
+        (
+            MINIMAL + '[sources.headers]\nX-API-KEY = "${IMIN_API_KEY}"\n',
+            {},
+            "sources[0].headers.X-API-KEY",
+        ),
         # No [[sources]] at all.
         ("[harvester]\nworkers = 2\n", {}, "sources"),
         # An empty sources list.
@@ -120,8 +123,11 @@ def test_checkout_base_as_full_url() -> None:
         ('[[sources]]\nname = "a"\nfeeds = []\n', {}, "sources[0].feeds"),
         # A feed that is not a URL, one that is not http(s), one that is not a string.
         ('[[sources]]\nname = "a"\nfeeds = ["firehose.imin.co/x"]\n', {}, "sources[0].feeds[0]"),
-        ('[[sources]]\nname = "a"\nfeeds = ["https://a/x", "ftp://a/x"]\n', {},
-         "sources[0].feeds[1]"),  # fmt: skip
+        (
+            '[[sources]]\nname = "a"\nfeeds = ["https://a/x", "ftp://a/x"]\n',
+            {},
+            "sources[0].feeds[1]",
+        ),
         ('[[sources]]\nname = "a"\nfeeds = [42]\n', {}, "sources[0].feeds[0]"),
         # feeds given as a string instead of a list.
         ('[[sources]]\nname = "a"\nfeeds = "https://a/x"\n', {}, "sources[0].feeds"),
@@ -130,28 +136,43 @@ def test_checkout_base_as_full_url() -> None:
         ('[[sources]]\nname = " "\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
         ('[[sources]]\nname = 7\nfeeds = ["https://a/x"]\n', {}, "sources[0].name"),
         # A name too long to be part of an indexed key.
-        ('[[sources]]\nname = "' + "n" * 101 + '"\nfeeds = ["https://a/x"]\n', {},
-         "sources[0].name"),  # fmt: skip
+        (
+            '[[sources]]\nname = "' + "n" * 101 + '"\nfeeds = ["https://a/x"]\n',
+            {},
+            "sources[0].name",
+        ),
         # Two sources with one name.
         (MINIMAL + MINIMAL, {}, "sources[1].name"),
         # A header value that is not a string; headers that are not a table.
         (MINIMAL + "[sources.headers]\nX-API-KEY = 5\n", {}, "sources[0].headers.X-API-KEY"),
         (MINIMAL.replace('name = "a"', 'name = "a"\nheaders = "k"'), {}, "sources[0].headers"),
         # A checkout base of the wrong type or scheme.
-        (MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = 5'), {},
-         "sources[0].checkout_base_url"),  # fmt: skip
-        (MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = "ftp://c"'), {},
-         "sources[0].checkout_base_url"),  # fmt: skip
+        (
+            MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = 5'),
+            {},
+            "sources[0].checkout_base_url",
+        ),
+        (
+            MINIMAL.replace('name = "a"', 'name = "a"\ncheckout_base_url = "ftp://c"'),
+            {},
+            "sources[0].checkout_base_url",
+        ),
         # [harvester]: unknown setting, wrong type, negative, zero integer, bad pair.
         (MINIMAL + "[harvester]\npoll_seconds = 5\n", {}, "harvester.poll_seconds"),
         (MINIMAL + '[harvester]\nmin_poll_seconds = "8"\n', {}, "harvester.min_poll_seconds"),
         (MINIMAL + "[harvester]\nmin_poll_seconds = true\n", {}, "harvester.min_poll_seconds"),
         (MINIMAL + "[harvester]\nmin_poll_seconds = -1\n", {}, "harvester.min_poll_seconds"),
         (MINIMAL + "[harvester]\nworkers = 0\n", {}, "harvester.workers"),
-        (MINIMAL + "[harvester]\noverload_retry_seconds = 60\n", {},
-         "harvester.overload_retry_seconds"),  # fmt: skip
-        (MINIMAL + "[harvester]\noverload_retry_seconds = [120, 60]\n", {},
-         "harvester.overload_retry_seconds"),  # fmt: skip
+        (
+            MINIMAL + "[harvester]\noverload_retry_seconds = 60\n",
+            {},
+            "harvester.overload_retry_seconds",
+        ),
+        (
+            MINIMAL + "[harvester]\noverload_retry_seconds = [120, 60]\n",
+            {},
+            "harvester.overload_retry_seconds",
+        ),
         ('harvester = "fast"\n' + MINIMAL, {}, "harvester"),  # not a table
         # Not TOML at all.
         ('[[sources]\nname = "a"\n', {}, "not valid TOML"),
@@ -368,3 +389,58 @@ def test_cli_bad_header_value_exits_2_without_the_value(tmp_path: Path) -> None:
     assert "sources[0].headers.X-API-KEY" in result.stderr
     assert API_KEY[:8] not in result.stderr and API_KEY[8:] not in result.stderr
     assert not (tmp_path / "pgdata").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + "[harvestr]\nworkers = 2\n",
+         "harvestr: unknown key (did you mean 'harvester'?)"),
+        (MINIMAL.replace("[[sources]]", "[[source]]"),
+         "source: unknown key (did you mean 'sources'?)"),
+        (MINIMAL.replace('name = "a"', 'name = "a"\nfeed = []'),
+         "sources[0].feed: unknown key (did you mean 'feeds'?)"),
+        (MINIMAL + "[harvester]\nworker = 2\n",
+         "harvester.worker: unknown key (did you mean 'workers'?)"),
+        (MINIMAL + "[harvester]\nzzz = 2\n", "harvester.zzz: unknown key"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_are_errors_everywhere_with_a_suggestion(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {}, "h.toml")
+    assert str(caught.value) == f"h.toml: {message}"
+
+
+def test_every_setting_can_come_from_the_environment() -> None:
+    environ = {"HARVESTER_WORKERS": "8", "HARVESTER_MIN_POLL_SECONDS": "12.5",
+               "HARVESTER_OVERLOAD_RETRY_SECONDS": "60, 120"}  # fmt: skip
+    text = MINIMAL + "[harvester]\nworkers = 2\nretry_attempts = 3\n"
+    settings = parse_config(text, environ).settings
+    # The environment beats the file; the file beats the defaults.
+    assert (settings.workers, settings.min_poll_seconds, settings.retry_attempts) == (8, 12.5, 3)
+    assert settings.overload_retry_seconds == (60.0, 120.0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HARVESTER_WORKERS": "abc"}, "HARVESTER_WORKERS: expected a number, got 'abc'"),
+        ({"HARVESTER_WORKERS": "0"}, "HARVESTER_WORKERS: must be positive, got 0"),
+        ({"HARVESTER_OVERLOAD_RETRY_SECONDS": "60"},
+         "HARVESTER_OVERLOAD_RETRY_SECONDS: expected a list of two numbers [low, high]"),
+        ({"HARVESTER_WORKERS": "2, 3"}, "HARVESTER_WORKERS: expected one number, got '2, 3'"),
+    ],
+)  # fmt: skip
+def test_settings_from_the_environment_are_validated(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(MINIMAL, environ)
+    assert str(caught.value) == message
+
+
+def test_a_mistyped_setting_variable_is_a_warning_with_a_suggestion() -> None:
+    config = parse_config(MINIMAL, {"HARVESTER_WORKER": "8", "HARVESTER_CONFIG": "x.toml"})
+    assert config.settings.workers == Settings().workers
+    assert config.warnings == (
+        "environment: HARVESTER_WORKER: not a harvester setting, ignored"
+        " (did you mean 'HARVESTER_WORKERS'?)",
+    )

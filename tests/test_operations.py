@@ -108,11 +108,14 @@ def test_metrics_and_health_port_reports_each_feed(
         assert worker.stop() == 0
     assert (health.status_code, health.text) == (200, "ok\n")
     assert missing.status_code == 404
+    kinds = {"session-series": "SessionSeries", "scheduled-sessions": "ScheduledSession",
+             "slots": "Slot"}  # fmt: skip
     for feed in healthy:
         url = publisher.feed_url(feed)
-        labels = {"source": "sample", "feed": url}
-        assert metric(samples, "harvester_pages_total", **labels) == rows[url].pages
-        assert metric(samples, "harvester_items_total", **labels) == rows[url].items_written
+        counted = {"source": "sample", "kind": kinds[feed]}  # counters: no URL
+        labels = {**counted, "url": url}
+        assert metric(samples, "harvester_pages_total", **counted) == rows[url].pages
+        assert metric(samples, "harvester_items_total", **counted) == rows[url].items_written
         assert rows[url].items_written == len(list(publisher.items(feed)))
         lag = metric(samples, "harvester_feed_lag_seconds", **labels)
         assert lag is not None and 0 <= lag < 30
@@ -120,9 +123,10 @@ def test_metrics_and_health_port_reports_each_feed(
             expected = 1.0 if state == "caught_up" else 0.0
             assert metric(samples, "harvester_feed_state", **labels, state=state) == expected
         assert held_items(engine, url) == publisher.held(feed)
-    gone = {"source": "sample", "feed": publisher.feed_url("facility-uses")}
+    gone = {"source": "sample", "kind": "facility-uses", "url": publisher.feed_url("facility-uses")}
     assert metric(samples, "harvester_feed_state", **gone, state="gone") == 1.0
-    assert metric(samples, "harvester_feed_errors_total", **gone, state="gone") == 1.0
+    errors = {"source": "sample", "kind": "facility-uses", "state": "gone"}
+    assert metric(samples, "harvester_feed_errors_total", **errors) == 1.0
     assert metric(samples, "harvester_feed_lag_seconds", **gone) is None  # never caught up
 
 
@@ -148,7 +152,8 @@ def test_health_fails_when_no_feed_progresses_and_caught_up_times_come_from_the_
         assert worker.stop() == 0
     assert "no feed has made progress" in health.text and "limit 2 s" in health.text
     for url, moment in caught_up.items():
-        labels = {"source": "sample", "feed": url}
+        kind = url.rstrip("/").rsplit("/", 1)[-1]  # no page seen since the restart: the URL's
+        labels = {"source": "sample", "kind": kind, "url": url}
         stored = metric(samples, "harvester_feed_last_caught_up_timestamp_seconds", **labels)
         assert stored == pytest.approx(moment, abs=1e-3)
 

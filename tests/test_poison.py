@@ -227,7 +227,8 @@ POISON_PAGE_ITEMS = [
     updated(rpde_id='"m2"', modified='"' + "9" * 5000 + '"'),  # set aside
     updated(rpde_id='"m3"', modified="9" * 5000),  # set aside
     updated(rpde_id='"n1"', data=f'{{"@type": "{KIND}", "n": {"7" * 4400}}}'),  # set aside
-    updated(rpde_id='"a\\u0000b"'), updated(rpde_id='"ab"'),
+    updated(rpde_id='"a\\u0000b"'),
+    updated(rpde_id='"ab"'),
     '{"state": "deleted", "kind": "S\\u0000", "id": "t\\u0000", "modified": 2}',
     '{"state": "gone", "kind": "S\\u0000", "id": "g\\u0000b", "modified": 2}',  # set aside
     updated(rpde_id=f'"{LONG}"'),  # set aside
@@ -283,7 +284,8 @@ def test_a_harvester_takes_a_poison_page_and_moves_on(
     try:
         config = write_config(
             tmp_path / "h.toml",
-            f'[[sources]]\nname = "poison"\nfeeds = ["{publisher.feed_url}"]\n', FAST_SETTINGS,
+            f'[[sources]]\nname = "poison"\nfeeds = ["{publisher.feed_url}"]\n',
+            FAST_SETTINGS,
         )
         result = run_harvester(db_url, "run", "--once", "--config", str(config))
     finally:

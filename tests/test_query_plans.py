@@ -206,9 +206,11 @@ def test_bookable_now_first_page_uses_an_index(loaded: Loaded) -> None:
     with loaded.engine.connect() as conn:
         plan = explain(conn, "SELECT * FROM bookable_now ORDER BY start_date LIMIT 50", {},
                        "SELECT * FROM bookable_now ORDER BY start_date LIMIT 50")  # fmt: skip
-        rows = conn.execute(
-            text("SELECT start_date FROM bookable_now ORDER BY start_date LIMIT 50")
-        ).scalars().all()
+        rows = (
+            conn.execute(text("SELECT start_date FROM bookable_now ORDER BY start_date LIMIT 50"))
+            .scalars()
+            .all()
+        )
     print(summary(plan))
     assert seq_scans_of_items(plan) == []
     assert indexes_used(plan) & BOOKING_INDEXES

@@ -181,8 +181,14 @@ def test_pages_written_together_end_as_written_one_by_one(engine: Engine) -> Non
     pages = [
         parsed_page(0, [item("a", 1, name="a1"), item("b", 1), item("c", 1), item("x", 1)]),
         parsed_page(1, [item("a", 2, name="a2"), item("b", 2, state="deleted"), item("d", 2)]),
-        parsed_page(2, [item("c", 3, state="deleted"), item("b", 3, name="b back"),
-                        {"state": "updated", "kind": KIND, "id": "broken"}]),  # fmt: skip
+        parsed_page(
+            2,
+            [
+                item("c", 3, state="deleted"),
+                item("b", 3, name="b back"),
+                {"state": "updated", "kind": KIND, "id": "broken"},
+            ],
+        ),
         parsed_page(3, [item("c", 4, name="c back"), item("x", 4, state="deleted")], last=True),
     ]
     apart, together = add_feed(engine, "apart"), add_feed(engine, "together")

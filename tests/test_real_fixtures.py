@@ -219,7 +219,9 @@ def harvest(engine: Engine, pages: list[ServedPage]) -> Outcome:
     """Register the feed and harvest it through the real pipeline until its last page."""
     feed_url = pages[0].url
     with engine.begin() as conn:
-        feedstate.sync_source(conn, Source(name=SOURCE, feeds=(feed_url,)), "https://checkout.test/")
+        feedstate.sync_source(
+            conn, Source(name=SOURCE, feeds=(feed_url,)), "https://checkout.test/"
+        )
         (feed,) = feedstate.load_feeds(conn, [(SOURCE, feed_url)])
     requested: list[str] = []
     settings = Settings(retry_attempts=1)

@@ -211,8 +211,13 @@ def test_ids_integer_or_string(raw_id: Any, held_as: str) -> None:
         # The usual tombstone: no data.
         {"state": "deleted", "kind": "session", "id": "s1", "modified": 9},
         # Data sent with a tombstone is ignored (nothing of a deleted item is kept).
-        {"state": "deleted", "kind": "session", "id": "s1", "modified": 9,
-         "data": {"name": "secret"}},  # fmt: skip
+        {
+            "state": "deleted",
+            "kind": "session",
+            "id": "s1",
+            "modified": 9,
+            "data": {"name": "secret"},
+        },
         # Data that is not even an object: still a valid tombstone.
         {"state": "deleted", "kind": "session", "id": "s1", "modified": 9, "data": "x"},
     ],
@@ -238,8 +243,10 @@ def test_tombstones(tombstone: dict[str, Any]) -> None:
         ({"state": "changed", "kind": "session", "id": "x", "data": {}}, "unknown `state`"),
         ({"kind": "session", "id": "x", "data": {}}, "unknown `state`"),  # no state
         # The test suite's captures: data replaced by a hash string.
-        ({"state": "updated", "kind": "session", "id": "x", "data": "9f86d081884c7d659a2f"},
-         "`data` is not a JSON object"),  # fmt: skip
+        (
+            {"state": "updated", "kind": "session", "id": "x", "data": "9f86d081884c7d659a2f"},
+            "`data` is not a JSON object",
+        ),
         ({"state": "updated", "kind": "session", "id": "x"}, "`data` is not a JSON object"),
         ({"state": "updated", "kind": "session", "id": "x", "data": [1]}, "`data` is not a JSON"),
         # No kind and no data type to read one from.

@@ -340,5 +340,10 @@ def test_the_staging_table_is_the_row_type_typed_as_items(engine: Engine) -> Non
     assert all(kind == items[name] for name, kind in staging if name not in staged_only)
     # What the upsert writes itself, and what a checkout's refusal sets (checkout.py).
     assert {name for name in items} - set(records.Row._fields) == {
-        "source", "feed_id", "seen_generation", "updated_at", "bookable", "refused_at"
+        "source",
+        "feed_id",
+        "seen_generation",
+        "updated_at",
+        "bookable",
+        "refused_at",
     }

@@ -367,7 +367,9 @@ class FacilityUseFeed(TimestampFeed):
             "provider": shapes.build_organization(
                 self.dice.roll(33, index, len(shapes.ORGANIZERS)), plain
             ),
-            "location": shapes.build_place(self.dice.roll(34, index, len(shapes.VENUES)), plain),
+            "location": shapes.build_place(
+                self.dice.roll(34, index, len(shapes.VENUES)), plain, 1_000_000 + index
+            ),
             "facilityType": [shapes.build_concept("facility-types", slug, label, plain)],
             "imin:aggregateOffer": shapes.build_aggregate_offer(variant, 8.0 + index % 5, window),
         }

@@ -159,9 +159,13 @@ def build_window(valid_from: str | None, valid_through: bool) -> Json:
     return window
 
 
-def build_place(venue: int, plain: bool) -> Json:
-    """A Place with address and geo."""
+def build_place(venue: int, plain: bool, spot: int = 0) -> Json:
+    """A Place with address and geo: a venue's town, at a spot of its own within about
+    40 km of the venue (by `spot`), so places spread the way real ones do."""
     name, street, locality, postcode, latitude, longitude = VENUES[venue % len(VENUES)]
+    scatter = mix64(spot)
+    latitude = round(latitude + ((scatter & 0xFFFF) / 0xFFFF - 0.5) * 0.7, 4)
+    longitude = round(longitude + (((scatter >> 16) & 0xFFFF) / 0xFFFF - 0.5) * 1.1, 4)
     type_key, _ = keys_for(plain)
     return {
         type_key: "Place",
@@ -220,7 +224,7 @@ def build_series(index: int, variant: str, window: Json, dice: Dice) -> Json:
         "url": f"https://upstream.example/sessions/{index}",
         "name": f"{label} {LEVELS[dice.roll(13, index, len(LEVELS))]}",
         "activity": [build_concept("activity-list", slug, label, False)],
-        "location": build_place(dice.roll(14, index, len(VENUES)), False),
+        "location": build_place(dice.roll(14, index, len(VENUES)), False, index),
         "organizer": build_organization(dice.roll(15, index, len(ORGANIZERS)), False),
         "offers": build_offer(series_id, price, False),
         "imin:aggregateOffer": build_aggregate_offer(variant, price, window),

@@ -178,15 +178,25 @@ def create_tables() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "ix_items_bookable", "items", ["bookable"], schema=SCHEMA,
-        postgresql_using="gist", postgresql_where=sa.text("bookable IS NOT NULL"),
-    )
-    op.create_index(
-        "ix_items_start_date", "items", ["start_date"], schema=SCHEMA,
+        "ix_items_bookable",
+        "items",
+        ["bookable"],
+        schema=SCHEMA,
+        postgresql_using="gist",
         postgresql_where=sa.text("bookable IS NOT NULL"),
     )
     op.create_index(
-        "ix_items_parent_ref", "items", ["source", "parent_ref"], schema=SCHEMA,
+        "ix_items_start_date",
+        "items",
+        ["start_date"],
+        schema=SCHEMA,
+        postgresql_where=sa.text("bookable IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_items_parent_ref",
+        "items",
+        ["source", "parent_ref"],
+        schema=SCHEMA,
         postgresql_where=sa.text("role = 'child'"),
     )
     op.create_table(
@@ -202,7 +212,9 @@ def create_tables() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "ix_parent_refs_parent", "parent_refs", ["source", "parent_kind", "parent_rpde_id"],
+        "ix_parent_refs_parent",
+        "parent_refs",
+        ["source", "parent_kind", "parent_rpde_id"],
         schema=SCHEMA,
     )
     op.create_table(

@@ -141,8 +141,7 @@ ITEM_COLUMNS = (("seller_ref", sa.Text), ("seller", sa.Text),
                 ("refused_at", sa.TIMESTAMP(timezone=True)))  # fmt: skip
 INDEXES = (
     "CREATE INDEX ix_items_seller ON harvester.items (source, item_id) WHERE role = 'seller'",
-    "CREATE INDEX ix_items_child_id ON harvester.items USING hash (item_id)"
-    " WHERE role = 'child'",
+    "CREATE INDEX ix_items_child_id ON harvester.items USING hash (item_id) WHERE role = 'child'",
     "CREATE INDEX ix_items_child_identifier ON harvester.items USING hash (identifier)"
     " WHERE role = 'child'",
 )
@@ -167,7 +166,9 @@ def upgrade() -> None:
         sa.Column("license", sa.Text),
         sa.Column("publisher_name", sa.Text),
         sa.Column(
-            "refreshed_at", sa.TIMESTAMP(timezone=True), nullable=False,
+            "refreshed_at",
+            sa.TIMESTAMP(timezone=True),
+            nullable=False,
             server_default=sa.func.now(),
         ),
         sa.PrimaryKeyConstraint("source", "identifier", name="pk_datasets"),
