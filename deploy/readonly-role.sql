@@ -12,6 +12,7 @@ $$;
 GRANT USAGE ON SCHEMA public, harvester TO harvester_reader;
 GRANT SELECT ON public.bookable_now, public.opportunity_status TO harvester_reader;
 GRANT EXECUTE ON FUNCTION public.bookable_at(timestamptz) TO harvester_reader;
+GRANT EXECUTE ON FUNCTION public.bookable_near(float8, float8, float8, timestamptz) TO harvester_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA harvester TO harvester_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA harvester GRANT SELECT ON TABLES TO harvester_reader;
 -- An app's login, inheriting the reader's rights:
