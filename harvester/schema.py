@@ -40,6 +40,10 @@ CHILD_GEO = (
     " '{location,geo}'))"
 )
 PARENT_GEO = "harvester.geo_point(harvester.inherited(NULL, data, '{location,geo}'))"
+CARRIES_PLACE = (
+    "(data ? 'location' OR jsonb_typeof(data -> 'superEvent') = 'object'"
+    " OR jsonb_typeof(data -> 'facilityUse') = 'object')"
+)
 
 
 def offer_columns() -> list[Column[object]]:
@@ -133,26 +137,17 @@ items = Table(
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
     Index("ix_items_seller", "source", "item_id", postgresql_where=text("role = 'seller'")),
     # A checkout finds its opportunity by @id, or by identifier within a source. Hash
-    # indexes: four bytes an entry however long the URL, and only equality is asked.
-    Index(
-        "ix_items_child_id",
-        "item_id",
-        postgresql_using="hash",
-        postgresql_where=text("role = 'child'"),
-    ),
-    Index(
-        "ix_items_child_identifier",
-        "identifier",
-        postgresql_using="hash",
-        postgresql_where=text("role = 'child'"),
-    ),
+    # indexes: four bytes an entry however long the URL, and only equality is asked; over
+    # every item, so that bookable_at needs no `role = 'child'` for the planner to use them.
+    Index("ix_items_item_id", "item_id", postgresql_using="hash"),
+    Index("ix_items_identifier", "identifier", postgresql_using="hash"),
     # bookable_near's: where children are by what they carry themselves (their own location,
     # or their embedded parent's), and where parents are (GiST over core `point`s).
     Index(
         "ix_items_child_geo",
         text(CHILD_GEO),
         postgresql_using="gist",
-        postgresql_where=text(f"role = 'child' AND {CHILD_GEO} IS NOT NULL"),
+        postgresql_where=text(f"role = 'child' AND {CARRIES_PLACE} AND {CHILD_GEO} IS NOT NULL"),
     ),
     Index(
         "ix_items_parent_geo",

@@ -349,8 +349,7 @@ COUNT_BOOKABLE = "SELECT count(*) FROM bookable_now"
 
 # --- checkout sessions (checkout.py) -----------------------------------------------------
 # An opportunity by its @id (in any source, or the one given) or by identifier within a
-# source; each probes a hash index on children (bookable_at and opportunity_status keep to
-# children, so the planner can use it).
+# source; each probes a hash index (ix_items_item_id, ix_items_identifier).
 _BY_KEY = {
     "id": "id = :key AND (CAST(:source AS text) IS NULL OR source = :source)",
     "identifier": "identifier = :key AND source = :source",

@@ -63,8 +63,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
    AND d.identifier = COALESCE(
          c.data -> 'imin:dataSource' ->> 'identifier',
          COALESCE(p.data, {EMBEDDED_PARENT}) -> 'imin:dataSource' ->> 'identifier')
-  WHERE c.role = 'child' AND c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
-    AND (c.refused_at IS NULL OR c.refused_at < p.updated_at)
+  WHERE c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
+    AND (c.refused_at IS NULL OR c.refused_at < (
+         SELECT r.updated_at FROM harvester.items AS r
+         WHERE r.source = c.source AND r.kind = c.parent_kind AND r.rpde_id = c.parent_rpde_id))
     AND (s.checks_sellers IS NOT TRUE OR EXISTS (
          SELECT 1 FROM harvester.items AS z
          WHERE z.source = c.source AND z.role = 'seller' AND z.item_id = c.seller))
@@ -141,9 +143,8 @@ ITEM_COLUMNS = (("seller_ref", sa.Text), ("seller", sa.Text),
                 ("refused_at", sa.TIMESTAMP(timezone=True)))  # fmt: skip
 INDEXES = (
     "CREATE INDEX ix_items_seller ON harvester.items (source, item_id) WHERE role = 'seller'",
-    "CREATE INDEX ix_items_child_id ON harvester.items USING hash (item_id) WHERE role = 'child'",
-    "CREATE INDEX ix_items_child_identifier ON harvester.items USING hash (identifier)"
-    " WHERE role = 'child'",
+    "CREATE INDEX ix_items_item_id ON harvester.items USING hash (item_id)",
+    "CREATE INDEX ix_items_identifier ON harvester.items USING hash (identifier)",
 )
 
 
@@ -190,7 +191,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION public.bookable_at(timestamptz)")
     op.execute(OLD_BOOKABLE_AT)
     op.execute(BOOKABLE_NOW)
-    for name in ("ix_items_seller", "ix_items_child_id", "ix_items_child_identifier"):
+    for name in ("ix_items_seller", "ix_items_item_id", "ix_items_identifier"):
         op.execute(f"DROP INDEX harvester.{name}")
     op.drop_table("datasets", schema="harvester")
     op.drop_column("feeds", "license", schema="harvester")

@@ -95,7 +95,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 """
 # Where a child is, as far as the child itself tells (its own location, or its embedded
-# parent's): the child index's expression; a parent's location: the parent index's.
+# parent's): the child index's expression; a parent's location: the parent index's. The
+# child index holds only children that carry a place or an embedded parent: a cheap test,
+# made first, so that writing a child that has neither costs no jsonb digging.
+CARRIES_PLACE = (
+    "(data ? 'location' OR jsonb_typeof(data -> 'superEvent') = 'object'"
+    " OR jsonb_typeof(data -> 'facilityUse') = 'object')"
+)
 CHILD_GEO = (
     "harvester.geo_point(harvester.inherited(data, harvester.embedded_parent(data, type),"
     " '{location,geo}'))"
@@ -103,7 +109,7 @@ CHILD_GEO = (
 PARENT_GEO = "harvester.geo_point(harvester.inherited(NULL, data, '{location,geo}'))"
 INDEXES = (
     f"CREATE INDEX ix_items_child_geo ON harvester.items USING gist (({CHILD_GEO}))"
-    f" WHERE role = 'child' AND {CHILD_GEO} IS NOT NULL",
+    f" WHERE role = 'child' AND {CARRIES_PLACE} AND {CHILD_GEO} IS NOT NULL",
     f"CREATE INDEX ix_items_parent_geo ON harvester.items USING gist (({PARENT_GEO}))"
     f" WHERE role = 'parent' AND {PARENT_GEO} IS NOT NULL",
 )
@@ -121,53 +127,58 @@ RETURNS = """
     name text, activity text[], latitude float8, longitude float8,
     price numeric, currency text, age_min integer, age_max integer, organizer_name text"""
 # One SELECT list and FROM for both functions: the rows an app reads are built once.
+# Written out where used, not as lateral subqueries: a count(*) then needs no join to
+# parents at all (a lateral subquery's value would keep the join in every plan).
+GEO = f"harvester.geo_point(harvester.inherited(c.data, {PARENT_DATA}, '{{location,geo}}'))"
+OFFER = (
+    f"COALESCE(harvester.offer_of(c.data), harvester.offer_of({PARENT_DATA}),"
+    f" harvester.offer_of({PARENT_DATA} -> 'superEvent'))"
+)
+# The child's dataset (its imin:dataSource, inherited), one column of it at a time: scalar
+# subqueries, which a count(*) never runs, where a join would be planned for every row.
+DATASET = (
+    "(SELECT {column} FROM harvester.datasets AS d WHERE d.source = c.source AND d.identifier"
+    f" = harvester.inherited(c.data, {PARENT_DATA}, '{{imin:dataSource,identifier}}') #>> '{{}}')"
+)
 ROWS = f"""
   SELECT c.source, c.type AS kind, c.item_id AS id, c.identifier, c.start_date, c.end_date,
          COALESCE(p.item_id, c.parent_ref) AS parent_id,
          COALESCE(p.type, c.embedded_type) AS parent_kind,
          lower(c.bookable) AS bookable_from, upper(c.bookable) AS bookable_until,
-         s.checkout_prefix || c.checkout_path AS checkout_url, c.data, pd.data AS parent_data,
-         COALESCE(d.publisher_name, d.name) AS attribution_name, d.url AS attribution_url,
-         COALESCE(d.license, f.license) AS license,
-         harvester.inherited(c.data, pd.data, '{{name}}') #>> '{{}}' AS name,
-         harvester.pref_labels(harvester.inherited(c.data, pd.data, '{{activity}}')) AS activity,
-         g.point[1] AS latitude, g.point[0] AS longitude,
-         harvester.as_number(o.offer -> 'price') AS price, o.offer ->> 'priceCurrency' AS currency,
-         harvester.as_integer(harvester.inherited(c.data, pd.data, '{{ageRange,minValue}}'))
+         s.checkout_prefix || c.checkout_path AS checkout_url, c.data, {PARENT_DATA} AS parent_data,
+         {DATASET.replace("{column}", "COALESCE(d.publisher_name, d.name)")} AS attribution_name,
+         {DATASET.replace("{column}", "d.url")} AS attribution_url,
+         COALESCE({DATASET.replace("{column}", "d.license")}, f.license) AS license,
+         harvester.inherited(c.data, {PARENT_DATA}, '{{name}}') #>> '{{}}' AS name,
+         harvester.pref_labels(harvester.inherited(c.data, {PARENT_DATA}, '{{activity}}'))
+           AS activity,
+         ({GEO})[1] AS latitude, ({GEO})[0] AS longitude,
+         harvester.as_number(({OFFER}) -> 'price') AS price,
+         ({OFFER}) ->> 'priceCurrency' AS currency,
+         harvester.as_integer(harvester.inherited(c.data, {PARENT_DATA}, '{{ageRange,minValue}}'))
            AS age_min,
-         harvester.as_integer(harvester.inherited(c.data, pd.data, '{{ageRange,maxValue}}'))
+         harvester.as_integer(harvester.inherited(c.data, {PARENT_DATA}, '{{ageRange,maxValue}}'))
            AS age_max,
-         COALESCE(harvester.inherited(c.data, pd.data, '{{organizer,name}}'),
-                  harvester.inherited(c.data, pd.data, '{{provider,name}}')) #>> '{{}}'
+         COALESCE(harvester.inherited(c.data, {PARENT_DATA}, '{{organizer,name}}'),
+                  harvester.inherited(c.data, {PARENT_DATA}, '{{provider,name}}')) #>> '{{}}'
            AS organizer_name
   FROM harvester.items AS c
   LEFT JOIN harvester.sources AS s ON s.name = c.source
   LEFT JOIN harvester.items AS p
     ON p.source = c.source AND p.kind = c.parent_kind AND p.rpde_id = c.parent_rpde_id
-  CROSS JOIN LATERAL (SELECT {PARENT_DATA} AS data) AS pd
-  CROSS JOIN LATERAL (
-    SELECT harvester.geo_point(harvester.inherited(c.data, pd.data, '{{location,geo}}')) AS point
-  ) AS g
-  CROSS JOIN LATERAL (
-    SELECT COALESCE(harvester.offer_of(c.data), harvester.offer_of(pd.data),
-                    harvester.offer_of(pd.data -> 'superEvent')) AS offer
-  ) AS o
-  LEFT JOIN harvester.feeds AS f ON f.id = c.feed_id
-  LEFT JOIN harvester.datasets AS d
-    ON d.source = c.source
-   AND d.identifier
-       = harvester.inherited(c.data, pd.data, '{{imin:dataSource,identifier}}') #>> '{{}}'"""
-# Only children have a booking window; `role = 'child'` lets bookable_at's readers probe
-# the indexes on children (checkout's by @id), and is left out where a row is read by its
-# key (BY_KEY), so that no partial index on children looks cheaper than the primary key.
+  LEFT JOIN harvester.feeds AS f ON f.id = c.feed_id"""
+# Only children have a booking window. A refusal stands until the parent is updated after
+# it: asked of the parent by key, and only for the rare refused child, so that a count
+# needs no join to parents.
 BOOKABLE = """
-  c.role = 'child' AND c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
-    AND (c.refused_at IS NULL OR c.refused_at < p.updated_at)
+  c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
+    AND (c.refused_at IS NULL OR c.refused_at < (
+         SELECT r.updated_at FROM harvester.items AS r
+         WHERE r.source = c.source AND r.kind = c.parent_kind AND r.rpde_id = c.parent_rpde_id))
     AND (s.checks_sellers IS NOT TRUE OR EXISTS (
          SELECT 1 FROM harvester.items AS z
          WHERE z.source = c.source AND z.role = 'seller' AND z.item_id = c.seller))"""
 
-BY_KEY = BOOKABLE.replace("c.role = 'child' AND ", "")
 BOOKABLE_AT = f"""
 CREATE FUNCTION public.bookable_at(at timestamptz)
 RETURNS TABLE ({RETURNS})
@@ -176,18 +187,25 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
   WHERE {BOOKABLE}
 $$
 """
-# Candidates from both indexes (the box around the circle), then the exact distance. Each
-# candidate is read by its key (a lateral probe): no plan can turn it into a scan, even
-# before the tables have statistics.
+# Candidates from both indexes (the box around the circle; only children with a window to
+# come), then the exact distance. Each candidate is read by its key (a lateral probe): no
+# plan can turn it into a scan, even before the tables have statistics. PL/pgSQL, so that
+# its plan is made once per session: planning the inlined rows takes longer than running
+# them for a few hundred opportunities.
 BOOKABLE_NEAR = f"""
 CREATE FUNCTION public.bookable_near(
     lat float8, lon float8, km float8, at timestamptz DEFAULT now())
 RETURNS TABLE ({RETURNS}, distance_km float8)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   WITH near AS (
     SELECT n.source, n.kind, n.rpde_id FROM harvester.items AS n
-    WHERE n.role = 'child' AND {CHILD_GEO.replace("data", "n.data").replace("type)", "n.type)")}
+    WHERE n.role = 'child' AND {CARRIES_PLACE.replace("data", "n.data")}
+      AND {CHILD_GEO.replace("data", "n.data").replace("type)", "n.type)")}
           <@ harvester.box_around(lat, lon, km)
+      AND n.bookable IS NOT NULL AND n.start_date > at
     UNION
     SELECT n.source, n.kind, n.rpde_id
     FROM harvester.items AS q
@@ -197,15 +215,17 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       ON n.source = r.source AND n.role = 'child' AND n.parent_ref = r.ref_id
     WHERE q.role = 'parent' AND {PARENT_GEO.replace("data", "q.data")}
           <@ harvester.box_around(lat, lon, km)
+      AND n.bookable IS NOT NULL AND n.start_date > at
   )
   SELECT * FROM (
     SELECT b.*, harvester.km_between(lat, lon, b.latitude, b.longitude) AS distance_km
     FROM near CROSS JOIN LATERAL ({ROWS}
       WHERE c.source = near.source AND c.kind = near.kind AND c.rpde_id = near.rpde_id
-        AND {BY_KEY}) AS b
+        AND {BOOKABLE}) AS b
   ) AS within
   WHERE within.distance_km <= km
-  ORDER BY within.distance_km, within.start_date
+  ORDER BY within.distance_km, within.start_date;
+END
 $$
 """
 BOOKABLE_NOW = "CREATE VIEW public.bookable_now AS SELECT * FROM public.bookable_at(now())"
@@ -286,8 +306,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
          c.data -> 'imin:dataSource' ->> 'identifier',
          {PARENT_DATA}
            -> 'imin:dataSource' ->> 'identifier')
-  WHERE c.role = 'child' AND c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
-    AND (c.refused_at IS NULL OR c.refused_at < p.updated_at)
+  WHERE c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
+    AND (c.refused_at IS NULL OR c.refused_at < (
+         SELECT r.updated_at FROM harvester.items AS r
+         WHERE r.source = c.source AND r.kind = c.parent_kind AND r.rpde_id = c.parent_rpde_id))
     AND (s.checks_sellers IS NOT TRUE OR EXISTS (
          SELECT 1 FROM harvester.items AS z
          WHERE z.source = c.source AND z.role = 'seller' AND z.item_id = c.seller))
