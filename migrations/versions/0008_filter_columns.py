@@ -52,12 +52,28 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
               THEN round(harvester.as_number(value))::integer END
 $$;
 
-CREATE FUNCTION harvester.geo_point(geo jsonb) RETURNS point
+-- float8 rather than numeric: a coordinate is read for every row returned.
+CREATE FUNCTION harvester.as_float(value jsonb) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN harvester.as_number(geo -> 'latitude') BETWEEN -90 AND 90
-               AND harvester.as_number(geo -> 'longitude') BETWEEN -180 AND 180
-    THEN point(harvester.as_number(geo -> 'longitude')::float8,
-               harvester.as_number(geo -> 'latitude')::float8) END
+  SELECT CASE
+    WHEN jsonb_typeof(value) = 'number' THEN (value #>> '{}')::float8
+    WHEN jsonb_typeof(value) = 'string' AND value #>> '{}' ~ '^\s*-?\d{1,3}(\.\d{1,15})?\s*$'
+      THEN (value #>> '{}')::float8
+  END
+$$;
+
+-- PL/pgSQL: each coordinate is read once (an inlined SQL body would read each twice).
+CREATE FUNCTION harvester.geo_point(geo jsonb) RETURNS point
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  lat float8 := harvester.as_float(geo -> 'latitude');
+  lon float8 := harvester.as_float(geo -> 'longitude');
+BEGIN
+  IF lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 THEN
+    RETURN point(lon, lat);
+  END IF;
+  RETURN NULL;
+END
 $$;
 
 CREATE FUNCTION harvester.embedded_parent(data jsonb, type text) RETURNS jsonb
@@ -316,7 +332,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$
 """
 DROPPED_FUNCTIONS = (
-    "inherited(jsonb, jsonb, text[])", "as_integer(jsonb)", "as_number(jsonb)",
+    "inherited(jsonb, jsonb, text[])", "as_integer(jsonb)", "as_number(jsonb)", "as_float(jsonb)",
     "geo_point(jsonb)", "embedded_parent(jsonb, text)", "pref_labels(jsonb)",
     "offer_of(jsonb)", "km_between(float8, float8, float8, float8)",
     "box_around(float8, float8, float8)",
