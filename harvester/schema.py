@@ -136,11 +136,6 @@ items = Table(
     Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
     Index("ix_items_seller", "source", "item_id", postgresql_where=text("role = 'seller'")),
-    # A checkout finds its opportunity by @id, or by identifier within a source. Hash
-    # indexes: four bytes an entry however long the URL, and only equality is asked; over
-    # every item, so that bookable_at needs no `role = 'child'` for the planner to use them.
-    Index("ix_items_item_id", "item_id", postgresql_using="hash"),
-    Index("ix_items_identifier", "identifier", postgresql_using="hash"),
     # bookable_near's: where children are by what they carry themselves (their own location,
     # or their embedded parent's), and where parents are (GiST over core `point`s).
     Index(

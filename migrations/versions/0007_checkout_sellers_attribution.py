@@ -143,8 +143,6 @@ ITEM_COLUMNS = (("seller_ref", sa.Text), ("seller", sa.Text),
                 ("refused_at", sa.TIMESTAMP(timezone=True)))  # fmt: skip
 INDEXES = (
     "CREATE INDEX ix_items_seller ON harvester.items (source, item_id) WHERE role = 'seller'",
-    "CREATE INDEX ix_items_item_id ON harvester.items USING hash (item_id)",
-    "CREATE INDEX ix_items_identifier ON harvester.items USING hash (identifier)",
 )
 
 
@@ -191,7 +189,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION public.bookable_at(timestamptz)")
     op.execute(OLD_BOOKABLE_AT)
     op.execute(BOOKABLE_NOW)
-    for name in ("ix_items_seller", "ix_items_item_id", "ix_items_identifier"):
+    for name in ("ix_items_seller",):
         op.execute(f"DROP INDEX harvester.{name}")
     op.drop_table("datasets", schema="harvester")
     op.drop_column("feeds", "license", schema="harvester")

@@ -184,14 +184,16 @@ ROWS = f"""
     ON p.source = c.source AND p.kind = c.parent_kind AND p.rpde_id = c.parent_rpde_id
   LEFT JOIN harvester.feeds AS f ON f.id = c.feed_id"""
 # Only children have a booking window. A refusal stands until the parent is updated after
-# it: asked of the parent by key, and only for the rare refused child, so that a count
-# needs no join to parents.
+# it: asked of the parent by key, and only for the rare refused child. Rule 7 applies to
+# the sources with a sellers feed: a list read once per query (a hashed subplan), not a
+# join to sources for every row. So a count joins nothing.
 BOOKABLE = """
   c.bookable IS NOT NULL AND c.bookable @> at AND c.start_date > at
     AND (c.refused_at IS NULL OR c.refused_at < (
          SELECT r.updated_at FROM harvester.items AS r
          WHERE r.source = c.source AND r.kind = c.parent_kind AND r.rpde_id = c.parent_rpde_id))
-    AND (s.checks_sellers IS NOT TRUE OR EXISTS (
+    AND (c.source NOT IN (SELECT k.name FROM harvester.sources AS k WHERE k.checks_sellers)
+         OR EXISTS (
          SELECT 1 FROM harvester.items AS z
          WHERE z.source = c.source AND z.role = 'seller' AND z.item_id = c.seller))"""
 
