@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -44,6 +45,7 @@ class Opportunity(NamedTuple):
     id: str | None
     identifier: Any  # the child's data.identifier as published (a string or a number)
     checkout_url: str | None
+    start_date: datetime | None = None
 
 
 class Checkout:
@@ -120,8 +122,9 @@ class Checkout:
         with self.engine.begin() as conn:
             if key is None:
                 key = bookability.identifier_of(opportunity.identifier)
-            conn.execute(text(sql.REFUSE_OPPORTUNITY[field]),
-                         {"source": opportunity.source, "key": key})  # fmt: skip
+            params = {"source": opportunity.source, "key": key,
+                      "start_date": opportunity.start_date}  # fmt: skip
+            conn.execute(text(sql.REFUSE_OPPORTUNITY[field]), params)
 
 
 def create_checkout(

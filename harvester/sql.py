@@ -349,13 +349,14 @@ COUNT_BOOKABLE = "SELECT count(*) FROM bookable_now"
 
 # --- checkout sessions (checkout.py) -----------------------------------------------------
 # An opportunity by its @id (in any source, or the one given) or by identifier within a
-# source; each probes a hash index (ix_items_item_id, ix_items_identifier).
+# source, among those bookable now (the start_date index's range: no index on ids, which
+# every write would pay for; a checkout is rare beside the writes).
 _BY_KEY = {
     "id": "id = :key AND (CAST(:source AS text) IS NULL OR source = :source)",
     "identifier": "identifier = :key AND source = :source",
 }
 FIND_BOOKABLE = {
-    field: "SELECT source, kind, id, data -> 'identifier', checkout_url"
+    field: "SELECT source, kind, id, data -> 'identifier', checkout_url, start_date"
     f" FROM public.bookable_now WHERE {where} LIMIT 2"
     for field, where in _BY_KEY.items()
 }
@@ -364,11 +365,15 @@ OPPORTUNITY_REASON = {
     for field, where in _BY_KEY.items()
 }
 # A checkout answered 400: out of bookable_at until the child or its parent is updated.
+# Found by its start date too, which the start_date index answers (ids have no index:
+# one per item would cost every write).
 REFUSE_OPPORTUNITY = {
     "id": "UPDATE harvester.items SET refused_at = now()"
-    " WHERE role = 'child' AND source = :source AND item_id = :key",
+    " WHERE bookable IS NOT NULL AND start_date = :start_date AND role = 'child'"
+    " AND source = :source AND item_id = :key",
     "identifier": "UPDATE harvester.items SET refused_at = now()"
-    " WHERE role = 'child' AND source = :source AND identifier = :key",
+    " WHERE bookable IS NOT NULL AND start_date = :start_date AND role = 'child'"
+    " AND source = :source AND identifier = :key",
 }
 
 # --- attribution (attribution.py) --------------------------------------------------------

@@ -9,8 +9,7 @@
   until it is written again (the upsert clears it) or its parent is updated since.
 - `feeds.license` (the RPDE page's) and `harvester.datasets` (a source's attribution
   feed) give `bookable_at` its `attribution_name`, `attribution_url` and `license`.
-- Indexes for a checkout to find its opportunity by @id or identifier (hash: four bytes
-  an entry), and for rule 7's probe of a source's sellers.
+- An index for rule 7's probe of a source's sellers.
 
 Revision ID: 0007
 Revises: 0006
