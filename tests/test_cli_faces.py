@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_harvester, sqlalchemy_url, write_config
 from sqlalchemy import create_engine, make_url, text
 
 from harvester import database
 from harvester.sample import SamplePublisher
-from tests.helpers import run_harvester, sqlalchemy_url, write_config
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers import run_harvester, write_config
 
 from harvester import report
 from harvester.feedstate import FeedRow
 from harvester.pipeline import Progress
 from harvester.sample import SamplePublisher
-from tests.helpers import run_harvester, write_config
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

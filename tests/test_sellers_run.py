@@ -13,11 +13,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+from helpers import FAST_SETTINGS, sqlalchemy_url, start_harvester, wait_for, write_config
 from sqlalchemy import Engine, create_engine, text
 
 from harvester.sample import SamplePublisher
 from harvester.sample.shapes import HOST, ORGANIZERS
-from tests.helpers import FAST_SETTINGS, sqlalchemy_url, start_harvester, wait_for, write_config
 
 SELLERS = [f"{HOST}/organizations/{number}" for number in range(len(ORGANIZERS))]
 DATASET = {
