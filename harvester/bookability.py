@@ -25,6 +25,7 @@ import isodate
 
 CHILD_TYPES = ("ScheduledSession", "Slot")
 PARENT_TYPES = ("SessionSeries", "FacilityUse", "IndividualFacilityUse")
+FACILITY_TYPES = ("FacilityUse", "IndividualFacilityUse")  # their seller is the provider
 KNOWN_TYPES = frozenset(CHILD_TYPES + PARENT_TYPES)
 BOOKABLE_FLAGS = ("imin:isPotentiallyBookable", "_imin:isPotentiallyBookable")
 # schema.org statuses that stop a booking; publishers write them with https, http or bare.
@@ -118,6 +119,7 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
     reference = data.get(PARENT_FIELDS[item_type])
     embedded = reference if is_embedded(reference) else None
     own_id, identifier = id_of(data), identifier_of(data.get("identifier"))
+    parent_type = embedded_type(item_type, embedded)
     return Child(  # by position: keywords cost a NamedTuple a third more
         item_type,
         own_id,
@@ -126,9 +128,9 @@ def read_child(item_type: str, data: dict[str, Any]) -> Child:
         end,
         reference_of(reference),
         start_problem or child_problem(data),
-        embedded_type(item_type, embedded),
+        parent_type,
         read_offer(embedded) if embedded is not None else None,
-        seller_of(embedded) if embedded is not None else None,
+        seller_of(parent_type, embedded) if embedded is not None else None,
     )
 
 
@@ -147,15 +149,18 @@ def read_parent(item_type: str, data: dict[str, Any]) -> Parent:
         ref = reference_of(individual)
         if ref and ref not in refs:
             refs.append(ref)
-    return Parent(item_type, own, tuple(refs), read_offer(data), seller_of(data))
+    return Parent(item_type, own, tuple(refs), read_offer(data), seller_of(item_type, data))
 
 
-def seller_of(parent: dict[str, Any]) -> str | None:
-    """Rule 7's seller of a parent: a SessionSeries' `superEvent.organizer`, else its own
-    `organizer`; a FacilityUse's `provider` (each an @id, or a URL string)."""
+def seller_of(parent_type: str | None, parent: dict[str, Any]) -> str | None:
+    """Rule 7's seller of a parent: a FacilityUse's (or IndividualFacilityUse's) `provider`;
+    a SessionSeries' `superEvent.organizer`, else its own `organizer` (each an @id, or a
+    URL string)."""
+    if parent_type in FACILITY_TYPES:
+        return reference_of(parent.get("provider"))
     event = parent.get("superEvent")
-    for holder, key in ((event, "organizer"), (parent, "organizer"), (parent, "provider")):
-        if isinstance(holder, dict) and (seller := reference_of(holder.get(key))):
+    for holder in (event, parent):
+        if isinstance(holder, dict) and (seller := reference_of(holder.get("organizer"))):
             return seller
     return None
 

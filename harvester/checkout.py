@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, text
 
 from harvester import bookability, sql
 from harvester.config import Config, Source
-from harvester.errors import CheckoutFailed, FeedError, NotBookable
+from harvester.errors import CheckoutFailed, FeedError, NoSuchOpportunity, NotBookable
 from harvester.fetch import Fetcher, retrying
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,9 @@ def find_bookable(
         return Opportunity(*rows[0])
     reason = conn.execute(text(sql.OPPORTUNITY_REASON[field]),
                           {"key": key, "source": source}).scalar()  # fmt: skip
-    raise NotBookable(reason or "no such opportunity is held")
+    if reason is None:
+        raise NoSuchOpportunity("no such opportunity is held")
+    raise NotBookable(reason)
 
 
 def guest_session(opportunity: Opportunity) -> CheckoutSession:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import attribution, database, rpde
 from harvester.config import Config, Source
-from harvester.errors import DatabaseError, HarvesterError
+from harvester.errors import DatabaseError, HarvesterError, SchemaNotReady
 from harvester.fetch import Fetcher
 
 
@@ -53,9 +53,9 @@ def check_database(engine: Engine) -> Check:
         with engine.connect() as conn:
             database.check_schema(conn)
             detail = f"reachable, schema at revision {database.head_revision()}"
+    except SchemaNotReady as exc:
+        return Check("database", True, f"reachable; {exc} (`run` migrates it)")
     except DatabaseError as exc:
-        if "no harvester schema" in str(exc) or "schema is at revision" in str(exc):
-            return Check("database", True, f"reachable; {exc} (`run` migrates it)")
         return Check("database", False, str(exc))
     except SQLAlchemyError as exc:
         return Check("database", False, str(database.as_database_error(exc, "check")))

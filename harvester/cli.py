@@ -30,7 +30,14 @@ from harvester import (
     report,
 )
 from harvester.config import Config, load_config
-from harvester.errors import CheckoutFailed, ConfigError, DatabaseError, HarvesterError, NotBookable
+from harvester.errors import (
+    CheckoutFailed,
+    ConfigError,
+    DatabaseError,
+    HarvesterError,
+    NoSuchOpportunity,
+    NotBookable,
+)
 from harvester.fetch import Fetcher
 from harvester.logs import setup_logging
 from harvester.pipeline import Harvester
@@ -240,8 +247,8 @@ def create_by_id_or_identifier(
     """By @id; with a source, by identifier when no @id matches."""
     try:
         return checkout.create(id=key, source=source, customer=customer)
-    except NotBookable as exc:
-        if source is None or "no such opportunity" not in exc.reason:
+    except NoSuchOpportunity:
+        if source is None:
             raise
     return checkout.create(source=source, identifier=key, customer=customer)
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import fastpath
-from harvester.errors import DatabaseError
+from harvester.errors import DatabaseError, SchemaNotReady
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +160,13 @@ def check_schema(conn: Connection) -> None:
     """A reading command's check, writing nothing: the schema is there and not behind."""
     present = conn.execute(text("SELECT to_regclass('harvester.alembic_version')")).scalar()
     if present is None:
-        raise DatabaseError(
+        raise SchemaNotReady(
             "the database has no harvester schema yet: run `harvester migrate` (or `run`)"
         )
     found = conn.execute(text("SELECT version_num FROM harvester.alembic_version")).scalar()
     head = head_revision()
     if found is not None and found < head:  # revisions are numbered 0001, 0002...
-        raise DatabaseError(
+        raise SchemaNotReady(
             f"the schema is at revision {found} and this harvester reads revision {head}:"
             " run `harvester migrate` (a writer's job), or use the harvester of that revision"
         )

@@ -48,6 +48,10 @@ class DatabaseError(HarvesterError):
     """The database cannot be reached or prepared."""
 
 
+class SchemaNotReady(DatabaseError):
+    """The database answers, but its harvester schema is missing or behind this code."""
+
+
 class InternalError(HarvesterError):
     """The harvester itself is wrong (a statement the server refuses as invalid, say)."""
 
@@ -62,6 +66,10 @@ class CheckoutError(HarvesterError):
 
 class NotBookable(CheckoutError):
     """The opportunity is not bookable now, or the publisher refused it: nothing to buy."""
+
+
+class NoSuchOpportunity(NotBookable):
+    """Nothing held answers to that @id or identifier."""
 
 
 class CheckoutFailed(CheckoutError):

@@ -320,10 +320,11 @@ class Harvester:
         """Update the progress and log the page."""
         progress.pages += 1
         progress.items += len(parsed.rows)
-        newest = max((row.modified for row in parsed.rows if row.modified is not None),
-                     default=None)  # fmt: skip
-        if newest is not None and (progress.newest_modified or newest) <= newest:
-            progress.newest_modified = newest  # how far behind a feed is, when it is a time
+        # How far behind the feed is, when `modified` is a time (report.behind).
+        modified = [row.modified for row in parsed.rows if row.modified is not None]
+        if progress.newest_modified is not None:
+            modified.append(progress.newest_modified)
+        progress.newest_modified = max(modified, default=None)
         if last:
             progress.finished_at = time.monotonic()
         progress.rejected += len(parsed.rejected)

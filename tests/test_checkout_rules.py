@@ -73,19 +73,25 @@ def test_a_session_route_needs_a_checkout_base() -> None:
 
 
 @pytest.mark.parametrize(
-    ("parent", "seller"),
+    ("parent_type", "parent", "seller"),
     [
-        ({"superEvent": {"organizer": {"@id": "https://s/1"}}, "organizer": {"id": "https://o"}},
+        ("SessionSeries",
+         {"superEvent": {"organizer": {"@id": "https://s/1"}}, "organizer": {"id": "https://o"}},
          "https://s/1"),
-        ({"superEvent": "https://series/9", "organizer": {"id": "https://o/2"}}, "https://o/2"),
-        ({"organizer": "https://o/3"}, "https://o/3"),
-        ({"provider": {"@id": "https://p/4"}}, "https://p/4"),
-        ({"organizer": {"name": "no id"}}, None),
-        ({}, None),
+        ("SessionSeries", {"superEvent": "https://series/9", "organizer": {"id": "https://o/2"}},
+         "https://o/2"),
+        ("SessionSeries", {"organizer": "https://o/3"}, "https://o/3"),
+        ("SessionSeries", {"provider": {"@id": "https://p/4"}}, None),
+        ("FacilityUse", {"provider": {"@id": "https://p/4"}, "organizer": "https://o/5"},
+         "https://p/4"),
+        ("IndividualFacilityUse", {"provider": "https://p/6"}, "https://p/6"),
+        ("FacilityUse", {"organizer": "https://o/7"}, None),
+        ("SessionSeries", {"organizer": {"name": "no id"}}, None),
+        ("SessionSeries", {}, None),
     ],
 )  # fmt: skip
-def test_the_seller_of_a_parent(parent: dict[str, Any], seller: str | None) -> None:
-    assert bookability.seller_of(parent) == seller
+def test_the_seller_of_a_parent(parent_type: str, parent: dict[str, Any], seller: str) -> None:
+    assert bookability.seller_of(parent_type, parent) == seller
 
 
 def test_a_child_is_joined_to_the_seller_of_the_parent_that_applies() -> None:
