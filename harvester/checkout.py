@@ -118,12 +118,12 @@ class Checkout:
 
     def record_refusal(self, opportunity: Opportunity) -> None:
         """Out of bookable_now until the child or its parent is next updated."""
-        field, key = ("id", opportunity.id) if opportunity.id else ("identifier", None)
+        if opportunity.id is not None:
+            field, key = "id", opportunity.id
+        else:  # stored as text (bookability.identifier_of), published as it came
+            field, key = "identifier", bookability.identifier_of(opportunity.identifier)
+        params = {"source": opportunity.source, "key": key, "start_date": opportunity.start_date}
         with self.engine.begin() as conn:
-            if key is None:
-                key = bookability.identifier_of(opportunity.identifier)
-            params = {"source": opportunity.source, "key": key,
-                      "start_date": opportunity.start_date}  # fmt: skip
             conn.execute(text(sql.REFUSE_OPPORTUNITY[field]), params)
 
 
