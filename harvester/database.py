@@ -133,6 +133,9 @@ def migrate(engine: Engine) -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        from harvester import refill  # it reads the rows the schema just described
+
+        refill.refill_facts(engine)
     except SQLAlchemyError as exc:
         raise as_database_error(exc, "migration failed") from exc
 

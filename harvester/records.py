@@ -6,11 +6,12 @@ import functools
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import orjson
 
-from harvester import bookability, rpde
+from harvester import bookability, facts, rpde
 from harvester.rpde import Item, Rejected
 
 
@@ -45,6 +46,19 @@ class Row(NamedTuple):
     refs: list[str] | None
     start_offset: int | None
     seller_ref: str | None  # a parent's seller, or a child's embedded parent's (rule 7)
+    # What an app filters on (facts.COLUMNS): a child's own, else its embedded parent's;
+    # a parent's own, else its superEvent's. `inherits`: which a child took from above.
+    name: str | None
+    activity: list[str] | None
+    latitude: float | None
+    longitude: float | None
+    price: Decimal | None
+    currency: str | None
+    age_min: int | None
+    age_max: int | None
+    organizer_name: str | None
+    data_source: str | None
+    inherits: int | None
     parent_kind: str | None = None
     parent_rpde_id: str | None = None
     bookable_from: datetime | None = None
@@ -65,6 +79,7 @@ _EMPTY_CHILD = (None,) * 8
 _NO_DATA = (None,) * (len(Row._fields) - 4)  # a tombstone's row: its key and `modified`
 _EMPTY_OFFER = (None,) * 5
 _UNJOINED = (None,) * len(JOINED_COLUMNS)
+_NO_FACTS = (None,) * (len(facts.COLUMNS) + 1)  # and no `inherits`
 _NO_PARENT = (None, None)
 # The reasons a join gives (the contract's rules 2-5); the child's own come from bookability.
 PARENT_NOT_HELD = "parent not held"
@@ -120,9 +135,9 @@ def to_row(item: Item) -> Row:
         refs = [ref for ref in parent.refs if not rpde.too_long(ref, rpde.MAX_ID_BYTES)]
         return _make_row((*head, "parent", parent.id, *_EMPTY_CHILD[1:],
                           *offer_fields(parent.offer), refs, None, parent.seller,
-                          *_UNJOINED))  # fmt: skip
+                          *facts_of(item_type, data), *_UNJOINED))  # fmt: skip
     return _make_row((*head, "other", bookability.id_of(data), *_EMPTY_CHILD[1:],
-                      *_EMPTY_OFFER, None, None, None, *_UNJOINED))  # fmt: skip
+                      *_EMPTY_OFFER, None, None, None, *_NO_FACTS, *_UNJOINED))  # fmt: skip
 
 
 def seller_row(item: Item) -> Row:
@@ -148,8 +163,17 @@ def child_row(item: Item, item_type: str, data: dict[str, Any]) -> Row:
         child.end_date, child.parent_ref, child.problem,
         bookability.checkout_path(item_type, child.identifier), child.embedded_type, *offer,
         None, bookability.utc_offset_seconds(child.start_date), child.embedded_seller,
-        *_UNJOINED,
+        *facts_of(item_type, data), *_UNJOINED,
     ))  # fmt: skip
+
+
+def facts_of(item_type: str, data: dict[str, Any]) -> Values:
+    """A child's or parent's filter facts and `inherits` (harvester.facts): a child's own,
+    else its embedded parent's; a parent's own, else its superEvent's."""
+    if item_type in bookability.CHILD_TYPES:
+        own, inherits = facts.inherited_facts(data, data.get(bookability.PARENT_FIELDS[item_type]))
+        return (*own, inherits)
+    return (*facts.parent_facts(data), facts.NONE_INHERITED)
 
 
 def is_tombstone(row: Row) -> bool:
@@ -216,6 +240,14 @@ def offer_fields(offer: bookability.Offer) -> Values:
         through.months if through else None,
         through.micros if through else None,
     )
+
+
+def load_json(text: str) -> Any:
+    """JSON text as stored (dump_json's), back to Python."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # what orjson cannot read: see dump_json
 
 
 def dump_json(data: dict[str, Any]) -> str:

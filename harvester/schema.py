@@ -17,13 +17,14 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSTZRANGE
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, TIMESTAMP, TSTZRANGE
 
 SCHEMA = "harvester"
 NAMING = {
@@ -34,16 +35,9 @@ NAMING = {
 }
 metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
 TIMESTAMPTZ = TIMESTAMP(timezone=True)
-# Where a child is, as far as it tells itself, and where a parent is (migration 0008).
-CHILD_GEO = (
-    "harvester.geo_point(harvester.inherited(data, harvester.embedded_parent(data, type),"
-    " '{location,geo}'))"
-)
-PARENT_GEO = "harvester.geo_point(harvester.inherited(NULL, data, '{location,geo}'))"
-CARRIES_PLACE = (
-    "(data ? 'location' OR jsonb_typeof(data -> 'superEvent') = 'object'"
-    " OR jsonb_typeof(data -> 'facilityUse') = 'object')"
-)
+# Where an opportunity is, from its stored facts (a core `point`: the embedded server ships
+# no PostGIS, cube or earthdistance).
+POINT = "point(longitude, latitude)"
 
 
 def offer_columns() -> list[Column[object]]:
@@ -131,24 +125,45 @@ items = Table(
     Column("seller", Text),  # the seller of the parent that applies; rule 7 checks it as read
     # A checkout refused it (HTTP 400): not bookable until it or its parent is updated.
     Column("refused_at", TIMESTAMPTZ),
+    # What apps filter on (harvester.facts): a child's own or its embedded parent's, a
+    # parent's own or its superEvent's; bookable_at takes the published parent's after the
+    # child's own. `inherits`: the facts a child took from its embedded parent (bit per
+    # column); NULL until the row is derived by this revision's code (database.refill).
+    Column("name", Text),
+    Column("activity", ARRAY(Text)),
+    Column("latitude", DOUBLE_PRECISION),
+    Column("longitude", DOUBLE_PRECISION),
+    Column("price", Numeric),
+    Column("currency", Text),
+    Column("age_min", Integer),
+    Column("age_max", Integer),
+    Column("organizer_name", Text),
+    Column("data_source", Text),  # imin:dataSource.identifier: attribution's Dataset
+    Column("inherits", SmallInteger),
     PrimaryKeyConstraint("source", "kind", "rpde_id"),
     # bookable_at(T) reads it from T on: a window always closes by its start date.
     Index("ix_items_start_date", "start_date", postgresql_where=text("bookable IS NOT NULL")),
     Index("ix_items_parent_ref", "source", "parent_ref", postgresql_where=text("role = 'child'")),
     Index("ix_items_seller", "source", "item_id", postgresql_where=text("role = 'seller'")),
-    # bookable_near's: where children are by what they carry themselves (their own location,
-    # or their embedded parent's), and where parents are (GiST over core `point`s).
+    # bookable_near's: where children with a window are by what they carry themselves
+    # (their own place, or their embedded parent's), and where parents are.
     Index(
-        "ix_items_child_geo",
-        text(CHILD_GEO),
+        "ix_items_child_point",
+        text(POINT),
         postgresql_using="gist",
-        postgresql_where=text(f"role = 'child' AND {CARRIES_PLACE} AND {CHILD_GEO} IS NOT NULL"),
+        postgresql_where=text("role = 'child' AND bookable IS NOT NULL AND latitude IS NOT NULL"),
+    ),
+    # Rows whose facts are still to be derived (refill): empty once done, and ever after.
+    Index(
+        "ix_items_unrefilled",
+        "role",
+        postgresql_where=text("inherits IS NULL AND role IN ('child', 'parent')"),
     ),
     Index(
-        "ix_items_parent_geo",
-        text(PARENT_GEO),
+        "ix_items_parent_point",
+        text(POINT),
         postgresql_using="gist",
-        postgresql_where=text(f"role = 'parent' AND {PARENT_GEO} IS NOT NULL"),
+        postgresql_where=text("role = 'parent' AND latitude IS NOT NULL"),
     ),
 )
 

@@ -50,6 +50,16 @@ ITEM_COLUMNS = tuple(
 )  # fmt: skip
 
 
+# The filter facts and `inherits` (harvester.facts), as `refill` writes them.
+FACT_COLUMNS = STAGING_COLUMNS[
+    STAGING_COLUMNS.index("name") : STAGING_COLUMNS.index("inherits") + 1
+]
+# Each goes as an array (unnest); activity, itself an array, as its JSON text.
+FACT_TYPES = {c: t for c, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True)} | {
+    "activity": "text"
+}
+
+
 # The incoming version is an update of the held one: newer, or (a publisher's slip) the
 # same `modified` with other data. A backfill re-sending what is held is not: the row's
 # `updated_at` stays, and so does a checkout's refusal (lifted by the next update).
@@ -381,4 +391,23 @@ DELETE_DATASETS = "DELETE FROM harvester.datasets WHERE source = :source"
 INSERT_DATASET = """
 INSERT INTO harvester.datasets (source, identifier, name, url, license, publisher_name)
 VALUES (:source, :identifier, :name, :url, :license, :publisher_name)
+"""
+
+
+# Rows written before revision 0009 carry no filter facts (`inherits` is NULL): a batch
+# of them at a time, each derived again from its stored data (refill.refill_facts).
+UNREFILLED = """
+SELECT source, kind, rpde_id, type, data::text FROM harvester.items
+WHERE inherits IS NULL AND role IN ('child', 'parent')
+LIMIT :limit FOR UPDATE SKIP LOCKED
+"""
+REFILL_FACTS = f"""
+UPDATE harvester.items AS i
+SET {", ".join(f"{c} = f.{c}" for c in FACT_COLUMNS if c != "activity")},
+    activity = CASE WHEN f.activity IS NOT NULL
+                    THEN ARRAY(SELECT jsonb_array_elements_text(f.activity::jsonb)) END
+FROM unnest(CAST(:sources AS text[]), CAST(:kinds AS text[]), CAST(:ids AS text[]),
+            {", ".join(f"CAST(:{c} AS {FACT_TYPES[c]}[])" for c in FACT_COLUMNS)})
+     AS f(source, kind, rpde_id, {", ".join(FACT_COLUMNS)})
+WHERE i.source = f.source AND i.kind = f.kind AND i.rpde_id = f.rpde_id
 """

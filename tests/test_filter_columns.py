@@ -3,6 +3,7 @@ bookable_near by distance; on the real store and views, written as the harvester
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from harvester import feedstate, pagewrite, records
+from harvester import database, facts, feedstate, pagewrite, records, refill, sql
 from harvester.config import Source
 from harvester.pagewrite import PageWrite
 from harvester.rpde import Item
@@ -109,7 +110,7 @@ def test_unusable_values_are_null_not_errors(engine: Engine) -> None:
     write(engine, FEEDS[1], [session(1, f"{HOST}/series/1")], "ScheduledSession")
     row = columns(engine)["1"]
     assert (row.latitude, row.longitude, row.price, row.age_min, row.age_max) == (None,) * 5
-    assert row.name == '{"en": "not text"}'
+    assert row.name is None  # a name that is not text is unusable too
 
 
 def test_a_slot_is_where_its_facility_use_is(engine: Engine) -> None:
@@ -125,6 +126,51 @@ def test_a_slot_is_where_its_facility_use_is(engine: Engine) -> None:
     }], "FacilityUse/Slot")  # fmt: skip
     row = columns(engine)["1"]
     assert ((row.latitude, row.longitude), row.organizer_name) == (YORK, "Leisure Trust")
+
+
+def test_a_published_parent_beats_an_embedded_one_after_the_childs_own(engine: Engine) -> None:
+    embedded = {"@type": "SessionSeries", "@id": f"{HOST}/series/1", "name": "Old copy",
+                "location": geo(YORK), "ageRange": {"minValue": 12},
+                "imin:aggregateOffer": BOOKABLE_OFFER}  # fmt: skip
+    write(engine, FEEDS[1], [session(1, embedded), session(2, embedded, name="Own name")],
+          "ScheduledSession")  # fmt: skip
+    rows = columns(engine)
+    assert (rows["1"].name, rows["1"].latitude, rows["1"].age_min) == ("Old copy", YORK[0], 12)
+    write(engine, FEEDS[0], [{**embedded, "name": "Published", "location": geo(LEEDS),
+                              "ageRange": {}}], "SessionSeries")  # fmt: skip
+    rows = columns(engine)
+    # The published parent's, field by field; the embedded copy only where it says nothing.
+    assert (rows["1"].name, rows["1"].latitude, rows["1"].age_min) == ("Published", LEEDS[0], 12)
+    assert rows["2"].name == "Own name"
+
+
+def test_rows_held_from_before_the_facts_are_derived_again(engine: Engine) -> None:
+    write(engine, FEEDS[0], [{"@type": "SessionSeries", "@id": f"{HOST}/series/1",
+                              "name": "Yoga Flow", "activity": {"prefLabel": "Yoga"},
+                              "imin:aggregateOffer": BOOKABLE_OFFER}], "SessionSeries")  # fmt: skip
+    write(engine, FEEDS[1], [session(n, f"{HOST}/series/1", location=geo(LEEDS))
+                             for n in range(5)], "ScheduledSession")  # fmt: skip
+    before = columns(engine)
+    cleared = ", ".join(f"{column} = NULL" for column in (*facts.COLUMNS, "inherits"))
+    with engine.begin() as conn:  # as revision 0008's code left them
+        conn.execute(text(f"UPDATE harvester.items SET {cleared}"))
+    assert {row.name for row in columns(engine).values()} == {None}
+    assert refill.refill_facts(engine, batch=2) == 6
+    assert columns(engine) == before
+    assert before["3"].activity == ["Yoga"] and near(engine, LEEDS, 1)[0] == ("0", 0.0)
+    assert refill.refill_facts(engine) == 0
+
+
+def test_the_rows_facts_are_in_the_order_of_the_columns_and_the_migration() -> None:
+    fields = records.Row._fields
+    assert fields[fields.index("name") : fields.index("inherits")] == facts.COLUMNS
+    assert (*facts.COLUMNS, "inherits") == sql.FACT_COLUMNS
+    script = database.migrations_path() / "versions" / "0009_stored_facts.py"
+    spec = importlib.util.spec_from_file_location("revision_0009", script)
+    assert spec is not None and spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    assert tuple(name for name, _ in revision.FACTS) == facts.COLUMNS
 
 
 def near(engine: Engine, place: tuple[float, float], km: float) -> list[tuple[str, float]]:
