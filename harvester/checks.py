@@ -4,16 +4,19 @@ what a person runs before deploying. Nothing is written anywhere."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import attribution, database, rpde
-from harvester.config import Config, Source
+from harvester import attribution, catalogs, database, discovery, rpde
+from harvester.config import Catalog, Config, Source
 from harvester.errors import DatabaseError, HarvesterError, SchemaNotReady
 from harvester.fetch import Fetcher
+
+FEEDS_AT_ONCE = 32  # first pages asked for at once; the client keeps each host within its limit
 
 
 class Check(NamedTuple):
@@ -35,6 +38,8 @@ def run_checks(engine: Engine, config: Config) -> list[Check]:
     try:
         for source in config.sources:
             checks += check_source(fetcher, source)
+        for catalog in config.catalogs:
+            checks += check_catalog(fetcher, config, catalog)
     finally:
         fetcher.close()
     return checks
@@ -43,7 +48,7 @@ def run_checks(engine: Engine, config: Config) -> list[Check]:
 def describe_config(config: Config) -> str:
     """What the config holds, and any warning it gave."""
     feeds = sum(len(source.feed_purposes()) for source in config.sources)
-    summary = f"{len(config.sources)} sources, {feeds} feeds"
+    summary = f"{len(config.sources)} sources, {feeds} feeds, {len(config.catalogs)} catalogs"
     return "; ".join([summary, *config.warnings])
 
 
@@ -71,6 +76,27 @@ def check_source(fetcher: Fetcher, source: Source) -> list[Check]:
     checks = [check_feed(source.name, url, get) for url, _ in source.feed_purposes()]
     if source.attribution_feed is not None:
         checks.append(check_attribution(source.name, source.attribution_feed, get))
+    return checks
+
+
+def check_catalog(fetcher: Fetcher, config: Config, catalog: Catalog) -> list[Check]:
+    """The catalog's chain walked as `run` discovers it, then each dataset's feeds' first
+    pages (side by side: hundreds of feeds, each host within its limit)."""
+    found = catalogs.discover([catalog], discovery.document_getter(fetcher, config, lambda: False))
+    feeds = sum(len(dataset.feeds) for dataset in found.datasets)
+    checks = [
+        Check(f"catalog {catalog.url}", True, f"{len(found.datasets)} datasets, {feeds} feeds")
+    ]
+    checks += [Check(f"{failure.kind_name} {failure.url}", False,
+                     failure.reason.removeprefix(f"{failure.url}: "))
+               for failure in found.failures]  # fmt: skip
+
+    def get(url: str) -> bytes:
+        return fetcher.get(url, {}).body
+
+    pairs = [(discovery.source_name(d.name), url) for d in found.datasets for url in d.feeds]
+    with ThreadPoolExecutor(FEEDS_AT_ONCE) as pool:
+        checks += pool.map(lambda pair: check_feed(pair[0], pair[1], get), pairs)
     return checks
 
 

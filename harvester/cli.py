@@ -24,6 +24,7 @@ from harvester import (
     attribution,
     bookability,
     database,
+    discovery,
     feedstate,
     metrics,
     redact,
@@ -41,7 +42,7 @@ from harvester.errors import (
 from harvester.fetch import Fetcher
 from harvester.logs import setup_logging
 from harvester.pipeline import Harvester
-from harvester.worker import RunReport, Worker, new_owner
+from harvester.worker import Refresh, RunReport, Worker, new_owner
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--feed", action="append", help="only this feed URL (repeatable)")
     status = add("status", command_status, "one line per feed (never writes: works on a replica)")
     status.add_argument("--json", action="store_true", help="a JSON array, one object per feed")
+    status.add_argument("--summary", action="store_true",
+                        help="one line per source: feeds, items, worst state")  # fmt: skip
     add("check", command_check, "validate the config, the database and each feed's first page")
     checkout = add("checkout", command_checkout, "a checkout URL for one bookable opportunity")
     checkout.add_argument("id", help="the opportunity's @id (or, with --source, its identifier)")
@@ -202,7 +205,11 @@ def command_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         database.check_schema(conn)
         rows = feedstate.feed_status(conn)
         if args.json:
-            print(json.dumps(report.status_objects(rows), indent=2))
+            objects = report.summary_objects(rows) if args.summary else report.status_objects(rows)
+            print(json.dumps(objects, indent=2))
+            return EXIT_OK
+        if args.summary:
+            report.print_summary(rows, sys.stdout)
             return EXIT_OK
         report.print_status(rows, sys.stdout)
         report.print_reasons(feedstate.not_bookable_reasons(conn), sys.stdout)
@@ -304,12 +311,9 @@ def harvest(
     feeds: list[feedstate.FeedRow] | None = None,
     progress: str | None = None,
 ) -> RunReport:
-    """Sync sources, then run the worker until done or stopped by a signal."""
+    """Sync sources (and discover those of data catalogs), then run the worker until done
+    or stopped by a signal."""
     gc.set_threshold(*GC_THRESHOLDS)
-    if feeds is None:
-        with engine.begin() as conn:
-            sync_sources(conn, config)
-            feeds = feedstate.load_feeds(conn, config_pairs(config))
     stop = threading.Event()
     fetcher = Fetcher(config.settings)
     harvester = Harvester(
@@ -319,11 +323,38 @@ def harvest(
     )  # fmt: skip
     try:
         with stop_on_signals(stop), report.progress_display(harvester, progress):
+            failures: dict[str, str] = {}
+            if feeds is None:
+                feeds = find_feeds(harvester, config, failures)
             attribution.keep_fresh(engine, fetcher, config, stop)
-            return Worker(harvester, feeds, once=once).run()
+            refresh = None
+            if config.catalogs and not once:
+                hours = config.settings.catalog_refresh_hours
+                refresh = Refresh(lambda: find_feeds(harvester, config, {}), hours * 3600)
+            outcome = Worker(harvester, feeds, once=once, refresh=refresh).run()
+            outcome.failures.update(failures)
+            return outcome
     finally:
         stop.set()  # the attribution thread, if any, ends with the run
         fetcher.close()
+
+
+def find_feeds(
+    harvester: Harvester, config: Config, failures: dict[str, str]
+) -> list[feedstate.FeedRow]:
+    """Register the configured sources, discover the catalogs' (their failures go into
+    `failures`), and load every feed to harvest: configured or discovered."""
+    with harvester.engine.begin() as conn:
+        sync_sources(conn, config)
+    if config.catalogs:
+        found = discovery.discover_sources(harvester.engine, harvester.fetcher, config,
+                                           harvester.stopping)  # fmt: skip
+        failures.update(found.failures)
+    with harvester.engine.begin() as conn:
+        held = discovery.held_sources(conn, config)
+        harvester.sources.update({source.name: source for source in held})
+        pairs = config_pairs(config) + [(s.name, url) for s in held for url in s.feeds]
+        return feedstate.load_feeds(conn, pairs)
 
 
 def finish_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,8 @@ SOURCE_KEYS = frozenset({
 # identifier, or a checkout session created by imin's Standalone or Authenticated Checkout.
 CHECKOUT_ROUTES = ("guest", "standalone", "authenticated")
 BROKER_KEYS = frozenset({"name", "url"})
-TOP_LEVEL_KEYS = frozenset({"sources", "harvester"})
+TOP_LEVEL_KEYS = frozenset({"sources", "catalogs", "harvester"})
+CATALOG_KEYS = frozenset({"url", "include", "exclude"})
 SETTINGS_PREFIX = "HARVESTER_"  # HARVESTER_<SETTING> overrides [harvester] (12-factor)
 # HARVESTER_* variables that are not [harvester] settings: not taken for typos of one.
 OTHER_VARIABLES = frozenset({
@@ -74,6 +76,20 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Catalog:
+    """An OpenActive data catalog (or collection of them) whose datasets become sources."""
+
+    url: str
+    include: tuple[str, ...] = ()  # glob patterns over dataset site URLs; empty: all
+    exclude: tuple[str, ...] = ()
+
+    def takes(self, site_url: str) -> bool:
+        """The dataset site is harvested: included (or no include given), not excluded."""
+        included = not self.include or any(fnmatch.fnmatchcase(site_url, p) for p in self.include)
+        return included and not any(fnmatch.fnmatchcase(site_url, p) for p in self.exclude)
+
+
+@dataclass(frozen=True)
 class Settings:
     """How the harvester behaves; every field has a default a user may override in [harvester]."""
 
@@ -84,10 +100,12 @@ class Settings:
     retry_max_seconds: float = 600.0
     request_timeout_seconds: float = 30.0  # connect, and each read: a silent publisher
     request_deadline_seconds: float = 120.0  # a whole request, body included: a trickling one
-    # Decoded bytes. Real RPDE pages are a few MB. With 4 workers all at the cap the
-    # process peaks near 235 MB (bench/memory.py): under 300 MB with these defaults.
+    # Decoded bytes. Real RPDE pages are a few MB. With 4 feeds in flight all at the cap
+    # the process peaks near 235 MB (bench/memory.py).
     max_page_bytes: int = 6 * 1024 * 1024
-    workers: int = 4  # feeds harvested at once by one process
+    # Feeds harvested at once by one process, at most max_connections_per_host of one host
+    # (worker.Worker): so the threads follow the hosts (hosts x per-host limit), to this cap.
+    workers: int = 128
     max_connections_per_host: int = 4
     lease_seconds: float = 15.0  # a dead worker's feeds are taken over after this
     # /healthz fails when no feed has committed a page (a last-page poll counts) for this long.
@@ -96,6 +114,7 @@ class Settings:
     checkout_attempts: int = 3
     checkout_retry_seconds: float = 20.0
     attribution_refresh_seconds: float = 3600.0  # how often an attribution feed is read again
+    catalog_refresh_hours: float = 24.0  # how often [[catalogs]] are discovered again
 
 
 SETTING_NAMES = frozenset(field.name for field in dataclasses.fields(Settings))
@@ -107,6 +126,7 @@ class Config:
 
     sources: tuple[Source, ...]
     settings: Settings = field(default_factory=Settings)
+    catalogs: tuple[Catalog, ...] = ()
     path: str = "<config>"
     # For the caller to log: keys not understood (typos?), whitespace trimmed from headers.
     warnings: tuple[str, ...] = ()
@@ -133,9 +153,15 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     _check_known_keys(document, TOP_LEVEL_KEYS, path, "")
-    sources = _require(document, "sources", list, path, "sources")
-    if not sources:
-        raise ConfigError(f"{path}: sources: at least one [[sources]] table is needed")
+    catalogs = tuple(
+        parse_catalog(raw, path, f"catalogs[{index}]")
+        for index, raw in enumerate(_optional(document, "catalogs", list, path, "catalogs"))
+    )
+    sources = _optional(document, "sources", list, path, "sources")
+    if not sources and not catalogs:
+        raise ConfigError(
+            f"{path}: sources: at least one [[sources]] or [[catalogs]] table is needed"
+        )
     header_warnings: list[str] = []
     parsed = tuple(
         parse_source(raw, environ, path, f"sources[{index}]", header_warnings)
@@ -144,7 +170,24 @@ def parse_config(text: str, environ: Mapping[str, str], path: str = "<config>") 
     _check_unique_names(parsed, path)
     settings = parse_settings(document.get("harvester", {}), path, environ)
     warnings = (*header_warnings, *unknown_variables(environ))
-    return Config(sources=parsed, settings=settings, path=path, warnings=warnings)
+    return Config(sources=parsed, settings=settings, path=path, warnings=warnings,
+                  catalogs=catalogs)  # fmt: skip
+
+
+def parse_catalog(raw: Any, path: str, key: str) -> Catalog:
+    """Validate one [[catalogs]] table."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key}: expected a table, got {type(raw).__name__}")
+    _check_known_keys(raw, CATALOG_KEYS, path, f"{key}.")
+    url = _check_feed_url(_require(raw, "url", str, path, f"{key}.url"), path, f"{key}.url")
+    patterns = {}
+    for name in ("include", "exclude"):
+        values = _optional(raw, name, list, path, f"{key}.{name}")
+        for index, value in enumerate(values):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: {key}.{name}[{index}]: expected a glob pattern")
+        patterns[name] = tuple(values)
+    return Catalog(url=url, **patterns)
 
 
 def parse_source(
@@ -370,6 +413,11 @@ def _coerce_setting(default: Any, value: Any, key: str) -> Any:
     if value < 0 or (isinstance(default, int) and value < 1):
         raise ConfigError(f"{key}: must be positive, got {value!r}")
     return type(default)(value)
+
+
+def _optional(table: dict[str, Any], name: str, kind: type, path: str, key: str) -> Any:
+    """The value if given (checked like `_require`), else an empty one of its kind."""
+    return _require(table, name, kind, path, key) if name in table else kind()
 
 
 def _require(table: dict[str, Any], name: str, kind: type, path: str, key: str) -> Any:

@@ -12,6 +12,8 @@ from sqlalchemy import Connection, text
 from harvester import sql
 from harvester.config import Source
 
+DISCOVERY = "(discovery)"  # the source `status` names a discovery failure by
+
 
 @dataclass(frozen=True)
 class FeedRow:
@@ -57,6 +59,12 @@ def load_feed(conn: Connection, feed_id: int) -> FeedRow:
     return FeedRow(
         *conn.execute(text(sql.SELECT_FEEDS + " WHERE f.id = :id"), {"id": feed_id}).one()
     )
+
+
+def find_feed(conn: Connection, feed_id: int) -> FeedRow | None:
+    """One feed's current row; None once the feed is retired (its catalog dropped it)."""
+    row = conn.execute(text(sql.SELECT_FEEDS + " WHERE f.id = :id"), {"id": feed_id}).first()
+    return FeedRow(*row) if row is not None else None
 
 
 def claim_feed(conn: Connection, feed_id: int, owner: str, lease_seconds: float) -> bool:
@@ -115,8 +123,9 @@ def start_backfill(conn: Connection, feed_id: int) -> FeedRow:
 
 
 def feed_status(conn: Connection) -> list[Any]:
-    """One row per feed for `harvester status`."""
-    return list(conn.execute(text(sql.STATUS)).all())
+    """One row per feed for `harvester status`, then one per catalog or dataset site the
+    last discovery could not read (source DISCOVERY)."""
+    return list(conn.execute(text(sql.STATUS), {"discovery": DISCOVERY}).all())
 
 
 def not_bookable_reasons(conn: Connection) -> list[Any]:

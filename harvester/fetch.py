@@ -31,7 +31,7 @@ from harvester.errors import (
     InvalidPage,
     RetriableFeedError,
 )
-from harvester.rpde import origin_of
+from harvester.rpde import host_key, origin_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class Fetcher:
                 raise RetriableFeedError(f"{url}: {type(exc).__name__}", url=url) from exc
 
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
-        host = "{}://{}:{}".format(*origin_of(url))
+        host = host_key(url)
         with self._lock:
             if host not in self._hosts:
                 limit = self.settings.max_connections_per_host

@@ -27,11 +27,7 @@ def print_status(rows: Sequence[Any], out: TextIO) -> None:
         return
     header = ("SOURCE", "KIND", "ITEMS", "STATE", "LAST PAGE", "LAG", "REJECTED", "FEED",
               "LAST ERROR")  # fmt: skip
-    lines = [header] + [status_fields(row) for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
-        print("  ".join([*cells, line[-1]]).rstrip(), file=out)
+    print_columns([header] + [status_fields(row) for row in rows], out)
 
 
 def status_fields(row: Any) -> tuple[str, ...]:
@@ -67,6 +63,56 @@ def status_objects(rows: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for row in rows
     ]  # fmt: skip
+
+
+# From worst to best: a source's state in `status --summary` is its worst feed's.
+STATE_ORDER = ("error", "gone", "backing_off", "database", "elsewhere", "backfilling",
+               "harvesting", "new", "caught_up")  # fmt: skip
+
+
+def summary_objects(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """`status --summary`: one object per source: feeds, items, rejected, worst state,
+    and how many feeds are in it."""
+    sources: dict[str, list[dict[str, Any]]] = {}
+    for feed in status_objects(rows):
+        sources.setdefault(feed["source"], []).append(feed)
+    return [source_summary(name, feeds) for name, feeds in sources.items()]
+
+
+def source_summary(name: str, feeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One source's line of `status --summary`."""
+    states = [feed["state"] for feed in feeds]
+    worst = min(states, key=lambda state: STATE_ORDER.index(state) if state in STATE_ORDER
+                else 0)  # fmt: skip
+    lags = [feed["lag_seconds"] for feed in feeds if feed["lag_seconds"] is not None]
+    return {
+        "source": name, "feeds": len(feeds), "items": sum(feed["items"] for feed in feeds),
+        "rejected": sum(feed["rejected"] for feed in feeds), "state": worst,
+        "in_worst_state": states.count(worst), "lag_seconds": max(lags, default=None),
+    }  # fmt: skip
+
+
+def print_summary(rows: Sequence[Any], out: TextIO) -> None:
+    """One line per source: feeds, items, its worst feed state (and how many are in it)."""
+    summaries = summary_objects(rows)
+    if not summaries:
+        print("no feeds yet: run `harvester run --config FILE`", file=out)
+        return
+    header = ("SOURCE", "FEEDS", "ITEMS", "REJECTED", "WORST STATE", "MAX LAG")
+    lines = [header] + [(
+        summary["source"], str(summary["feeds"]), str(summary["items"]), str(summary["rejected"]),
+        f"{summary['state']} ({summary['in_worst_state']})",
+        "-" if summary["lag_seconds"] is None else format_span(summary["lag_seconds"]),
+    ) for summary in summaries]  # fmt: skip
+    print_columns(lines, out)
+
+
+def print_columns(lines: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Lines of cells in aligned columns (the last one, free text, is not padded)."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    for line in lines:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[-1]]).rstrip(), file=out)
 
 
 def lag_seconds(caught_up_at: datetime | None, now: datetime) -> float | None:

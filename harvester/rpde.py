@@ -251,6 +251,11 @@ def check_origin(feed_url: str, next_url: str) -> None:
         )
 
 
+def host_key(url: str) -> str:
+    """The host a per-host limit counts requests against: scheme, host and port."""
+    return "{}://{}:{}".format(*origin_of(url))
+
+
 def origin_of(url: str) -> tuple[str, str, int | None]:
     """Scheme, host and effective port of a URL."""
     parts = urlsplit(url)

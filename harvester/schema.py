@@ -61,6 +61,14 @@ sources = Table(
     Column("parents_version", BigInteger, nullable=False, server_default="0"),
     # Rule 7 applies: the source has a bookable sellers feed.
     Column("checks_sellers", Boolean, nullable=False, server_default="false"),
+    # A source discovered from a data catalog (NULL: configured): the [[catalogs]] URL that
+    # found it, its dataset site, and its Dataset's attribution (bookable_at shows it when
+    # no attribution feed gives a row's).
+    Column("catalog", Text),
+    Column("site_url", Text),
+    Column("attribution_name", Text),
+    Column("attribution_url", Text),
+    Column("license", Text),
 )
 
 feeds = Table(
@@ -179,6 +187,19 @@ parent_refs = Table(
     Column("seller_ref", Text),  # likewise
     PrimaryKeyConstraint("source", "ref_id", "parent_kind", "parent_rpde_id"),
     Index("ix_parent_refs_parent", "source", "parent_kind", "parent_rpde_id"),
+)
+
+# The catalogs and dataset sites the last discovery of each [[catalogs]] entry could not
+# read (replaced whole at each discovery): failures like a feed's, shown by `status`.
+discovery_failures = Table(
+    "discovery_failures",
+    metadata,
+    Column("catalog", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # catalog, or dataset site
+    Column("reason", Text, nullable=False),
+    Column("failed_at", TIMESTAMPTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("catalog", "url"),
 )
 
 rejected_items = Table(

@@ -322,7 +322,12 @@ LEFT JOIN (SELECT feed_id, count(*) AS items, string_agg(DISTINCT type, ',') AS 
            FROM harvester.items GROUP BY feed_id) AS i ON i.feed_id = f.id
 LEFT JOIN (SELECT feed_id, count(*) AS rejected FROM harvester.rejected_items
            GROUP BY feed_id) AS r ON r.feed_id = f.id
-ORDER BY f.source, f.id
+UNION ALL
+-- A catalog or dataset site the last discovery could not read: a failure like a feed's.
+SELECT NULL, :discovery, d.url, 'error', 0, NULL, NULL, d.reason, NULL, false, NULL, NULL, 0,
+       d.kind, 0, now()
+FROM harvester.discovery_failures AS d
+ORDER BY 2, 1, 3
 """
 
 
@@ -410,4 +415,53 @@ FROM unnest(CAST(:sources AS text[]), CAST(:kinds AS text[]), CAST(:ids AS text[
             {", ".join(f"CAST(:{c} AS {FACT_TYPES[c]}[])" for c in FACT_COLUMNS)})
      AS f(source, kind, rpde_id, {", ".join(FACT_COLUMNS)})
 WHERE i.source = f.source AND i.kind = f.kind AND i.rpde_id = f.rpde_id
+"""
+
+
+# Discovery (discovery.py): a source a data catalog lists, and what it no longer lists.
+MARK_DISCOVERED = """
+UPDATE harvester.sources
+SET catalog = :catalog, site_url = :site_url, attribution_name = :attribution_name,
+    attribution_url = :attribution_url, license = :license
+WHERE name = :name
+  AND (catalog, site_url, attribution_name, attribution_url, license) IS DISTINCT FROM
+      (:catalog, :site_url, :attribution_name, :attribution_url, :license)
+"""
+FEEDS_OF_SOURCE = "SELECT id, url FROM harvester.feeds WHERE source = :source ORDER BY id"
+DISCOVERED_SOURCES = """
+SELECT name, site_url FROM harvester.sources WHERE catalog = :catalog ORDER BY name
+"""
+# Retiring takes the source's exclusive page lock first (pagewrite.lock_source): a page
+# being written commits before; one written after finds its feed gone (LeaseLost).
+RETIRE_SOURCE = (
+    "DELETE FROM harvester.rejected_items"
+    " WHERE feed_id IN (SELECT id FROM harvester.feeds WHERE source = :source)",
+    "DELETE FROM harvester.feeds WHERE source = :source",
+    "DELETE FROM harvester.parent_refs WHERE source = :source",
+    "DELETE FROM harvester.datasets WHERE source = :source",
+    "DELETE FROM harvester.sources WHERE name = :source",
+)
+RETIRE_SOURCE_ITEMS = """
+WITH gone AS (DELETE FROM harvester.items WHERE source = :source RETURNING 1)
+SELECT count(*) FROM gone
+"""
+RETIRE_FEED = (
+    "DELETE FROM harvester.rejected_items WHERE feed_id = :feed_id",
+    "DELETE FROM harvester.feeds WHERE id = :feed_id",
+)
+RETIRE_FEED_ITEMS = """
+DELETE FROM harvester.items WHERE feed_id = :feed_id RETURNING role, kind, rpde_id
+"""
+CLEAR_DISCOVERY_FAILURES = "DELETE FROM harvester.discovery_failures WHERE catalog = :catalog"
+ADD_DISCOVERY_FAILURE = """
+INSERT INTO harvester.discovery_failures (catalog, url, kind, reason)
+VALUES (:catalog, :url, :kind, :reason)
+ON CONFLICT (catalog, url) DO UPDATE SET kind = EXCLUDED.kind, reason = EXCLUDED.reason,
+    failed_at = now()
+"""
+HELD_DISCOVERED = """
+SELECT s.name, array_agg(f.url ORDER BY f.id) FROM harvester.sources AS s
+JOIN harvester.feeds AS f ON f.source = s.name
+WHERE s.catalog = ANY(CAST(:catalogs AS text[]))
+GROUP BY s.name ORDER BY s.name
 """

@@ -16,6 +16,8 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +38,7 @@ from harvester.errors import (
 )
 from harvester.feedstate import FeedRow
 from harvester.pipeline import Harvester, Progress, run_in_background
+from harvester.rpde import host_key
 
 logger = logging.getLogger(__name__)
 
@@ -68,31 +71,69 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Worker:
-    """Schedules the feeds over a bounded number of harvesting threads."""
+@dataclass
+class Refresh:
+    """The feeds to harvest, found again every `seconds` (discovery from data catalogs)."""
 
-    def __init__(self, harvester: Harvester, feeds: list[FeedRow], *, once: bool) -> None:
+    find: Callable[[], list[FeedRow]]
+    seconds: float
+    next_at: float = 0.0
+    running: bool = False
+    found: list[FeedRow] | None = None
+
+
+class Worker:
+    """Schedules the feeds over harvesting threads: at most `max_connections_per_host` feeds
+    of a host at once (each has one request in flight, the next page read while the last is
+    written), and at most `workers` in all. So slow hosts are harvested side by side, and
+    the threads follow the work: hosts x per-host limit, not a constant."""
+
+    def __init__(
+        self, harvester: Harvester, feeds: list[FeedRow], *, once: bool,
+        refresh: Refresh | None = None,
+    ) -> None:  # fmt: skip
         self.harvester = harvester
         self.settings = harvester.settings
         self.once = once
-        self.feeds = {feed.id: feed for feed in feeds}
+        self.feeds: dict[int, FeedRow] = {}
         self.due: list[tuple[float, int]] = []
         self.running: set[int] = set()
         self.finished: set[int] = set()
         self.report = RunReport()
-        for feed in feeds:
-            self.schedule_stored(feed)
+        self.host_running: Counter[str] = Counter()
+        self.parked: dict[str, deque[int]] = defaultdict(deque)  # due, waiting for their host
+        self.refresh = refresh
+        if refresh is not None:
+            refresh.next_at = time.monotonic() + refresh.seconds
+        self.add_feeds(feeds)
         self.wake = threading.Condition()
         self.outcomes: list[FeedOutcome] = []
         self.database_failures = 0
         self.next_renewal = 0.0
         self.started_at = self.database_now() if once else None
 
+    def add_feeds(self, feeds: list[FeedRow]) -> None:
+        """Take on these feeds (those not already held), each at its stored turn."""
+        for feed in feeds:
+            if feed.id not in self.feeds:
+                self.feeds[feed.id] = feed
+                self.schedule_stored(feed)
+
+    def set_feeds(self, feeds: list[FeedRow]) -> None:
+        """Harvest exactly these feeds from now on: new ones join, the others are dropped
+        (one in hand finishes its page; its row is gone, so nothing more is written)."""
+        wanted = {feed.id for feed in feeds}
+        for feed_id in [feed_id for feed_id in self.feeds if feed_id not in wanted]:
+            del self.feeds[feed_id]
+            self.finished.discard(feed_id)
+        self.add_feeds(feeds)
+
     def run(self) -> RunReport:
         """Harvest until stopped (or, with once, until every feed is done)."""
         try:
             while not self.harvester.stopping() and not self.all_done():
                 self.collect_outcomes()
+                self.refresh_feeds()
                 self.renew_leases()
                 self.start_due_feeds()
                 metrics.HEALTH.tick(self.database_failures == 0)
@@ -129,12 +170,43 @@ class Worker:
         """With once: every feed reached its last page or failed."""
         return self.once and len(self.finished) == len(self.feeds)
 
+    def refresh_feeds(self) -> None:
+        """Find the feeds again when it is time (in the background: discovery reads many
+        documents), and take on what was found last time."""
+        refresh = self.refresh
+        if refresh is None:
+            return
+        if refresh.found is not None:
+            found, refresh.found = refresh.found, None
+            self.set_feeds(found)
+        if refresh.running or time.monotonic() < refresh.next_at:
+            return
+        refresh.running = True
+        refresh.next_at = time.monotonic() + refresh.seconds
+        run_in_background(self.find_feeds)
+
+    def find_feeds(self) -> None:
+        """The background half of refresh_feeds: a failure keeps the feeds as they are."""
+        assert self.refresh is not None
+        try:
+            found = self.refresh.find()
+        except Exception:  # discovery names its own failures; a bug must not stop harvesting
+            logger.exception("finding the feeds again failed", extra={"event": "refresh_failed"})
+            found = None
+        with self.wake:
+            self.refresh.found, self.refresh.running = found, False
+            self.wake.notify_all()
+
     def start_due_feeds(self) -> None:
-        """Start the feeds whose time has come, within the thread budget."""
+        """Start the feeds whose time has come, within the host and thread budgets."""
         now = time.monotonic()
         while self.due and self.due[0][0] <= now and len(self.running) < self.settings.workers:
             _, feed_id = heapq.heappop(self.due)
-            if feed_id in self.running or feed_id in self.finished:
+            if feed_id in self.running or feed_id in self.finished or feed_id not in self.feeds:
+                continue
+            host = host_key(self.feeds[feed_id].url)
+            if self.host_running[host] >= self.settings.max_connections_per_host:
+                self.parked[host].append(feed_id)  # started when one of its host's ends
                 continue
             if not self.claim(feed_id):
                 if self.once and self.done_elsewhere(feed_id):
@@ -143,7 +215,8 @@ class Worker:
                     self.schedule(feed_id, self.settings.lease_seconds / 2)
                 continue
             self.running.add(feed_id)
-            run_in_background(lambda feed_id=feed_id: self.harvest(feed_id))
+            self.host_running[host] += 1
+            run_in_background(lambda feed=self.feeds[feed_id]: self.harvest(feed))
 
     def claim(self, feed_id: int) -> bool:
         """Take the feed's lease (always true without an owner: a single worker)."""
@@ -188,19 +261,21 @@ class Worker:
             )  # fmt: skip
         return done
 
-    def harvest(self, feed_id: int) -> None:
+    def harvest(self, feed: FeedRow) -> None:
         """One harvest task: run the feed to its last page and hand back the outcome."""
-        outcome = self.harvest_feed(feed_id)
+        outcome = self.harvest_feed(feed)
         with self.wake:
             self.outcomes.append(outcome)
             self.wake.notify_all()
 
-    def harvest_feed(self, feed_id: int) -> FeedOutcome:
+    def harvest_feed(self, feed: FeedRow) -> FeedOutcome:
         """Harvest from the stored position; classify what went wrong."""
-        feed = self.feeds[feed_id]
         try:
             with self.harvester.engine.begin() as conn:
-                feed = feedstate.load_feed(conn, feed_id)
+                stored = feedstate.find_feed(conn, feed.id)
+            if stored is None:  # no longer listed by its catalog: its rows went with it
+                return FeedOutcome(feed, retry_in=None, state="retired")
+            feed = stored
             progress = self.harvester.harvest(feed)
             return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
         except FeedError as exc:
@@ -303,7 +378,18 @@ class Worker:
             outcomes, self.outcomes = self.outcomes, []
         for outcome in outcomes:
             self.running.discard(outcome.feed.id)
-            self.settle(outcome)
+            self.free_host(host_key(outcome.feed.url))
+            if outcome.feed.id in self.feeds:  # else dropped by set_feeds meanwhile
+                self.settle(outcome)
+
+    def free_host(self, host: str) -> None:
+        """A harvest on `host` ended: the next of its parked feeds may start."""
+        self.host_running[host] -= 1
+        parked = self.parked.get(host)
+        if parked:
+            self.schedule(parked.popleft(), 0.0)
+            if not parked:
+                del self.parked[host]
 
     def settle(self, outcome: FeedOutcome) -> None:
         """Count, report and reschedule one outcome."""

@@ -444,3 +444,46 @@ def test_a_mistyped_setting_variable_is_a_warning_with_a_suggestion() -> None:
         "environment: HARVESTER_WORKER: not a harvester setting, ignored"
         " (did you mean 'HARVESTER_WORKERS'?)",
     )
+
+
+CATALOG = """
+[[catalogs]]
+url = "https://openactive.io/data-catalogs/data-catalog-collection.jsonld"
+include = ["https://*.leisurecloud.live/*"]
+exclude = ["*/test/*"]
+"""
+
+
+def test_a_catalog_alone_is_a_whole_config() -> None:
+    config = parse(CATALOG)
+    assert config.sources == ()
+    (catalog,) = config.catalogs
+    assert catalog.url.endswith("data-catalog-collection.jsonld")
+    assert catalog.takes("https://a.leisurecloud.live/openactive")
+    assert not catalog.takes("https://a.leisurecloud.live/test/openactive")  # excluded
+    assert not catalog.takes("https://other.example/openactive")  # not included
+    assert parse(CATALOG.split("include")[0]).catalogs[0].takes("https://any.example/")
+    assert config.settings.catalog_refresh_hours == 24.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[catalogs]]\nurl = 'ftp://x.example/c'\n", "catalogs[0].url: not an absolute http(s)"),
+        ("[[catalogs]]\ninclude = []\n", "catalogs[0].url: missing"),
+        ("[[catalogs]]\nurl = 'https://x.example/c'\ninclude = 'a*'\n",
+         "catalogs[0].include: expected list"),
+        ("[[catalogs]]\nurl = 'https://x.example/c'\nexclude = [3]\n",
+         "catalogs[0].exclude[0]: expected a glob pattern"),
+        ("[[catalogs]]\nurl = 'https://x.example/c'\nincludes = []\n",
+         "catalogs[0].includes: unknown key (did you mean 'include'?)"),
+        ("[[catalog]]\nurl = 'https://x.example/c'\n", "catalog: unknown key (did you mean"),
+        ("[harvester]\nworkers = 2\n", "at least one [[sources]] or [[catalogs]] table"),
+        ("catalogs = 'https://x.example/c'\n", "catalogs: expected list"),
+    ],
+)  # fmt: skip
+def test_a_bad_catalog_entry_is_one_clear_error(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text)
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(PATH)

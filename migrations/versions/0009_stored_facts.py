@@ -1,4 +1,5 @@
-"""Filter columns stored as rows are written, and bookable_near on a stored point.
+"""Filter columns stored as rows are written, bookable_near on a stored point, and
+sources discovered from OpenActive data catalogs.
 
 Revision 0008 dug each filter column out of jsonb as rows were read: some twenty path
 lookups per row, about half of `bookable_near`'s time. Now `harvester.facts` reads them
@@ -14,6 +15,10 @@ a child took from its embedded parent, so that a published parent still beats it
 - `bookable_at` (so `bookable_now`) and `bookable_near` keep their columns and comments.
 - `ix_items_unrefilled`: the rows still to be derived again (empty once they are).
 - 0008's jsonb helpers go; `km_between` and `box_around` stay.
+- `sources` gains what discovery keeps of a Dataset: the `catalog` that listed it (NULL for
+  a configured source), its `site_url`, and its own attribution (`attribution_name`,
+  `attribution_url`, `license`), which `bookable_at` shows when no attribution feed gives a
+  row's; `harvester.discovery_failures` holds the catalogs and sites that could not be read.
 
 Revision ID: 0009
 Revises: 0008
@@ -87,9 +92,10 @@ ROWS = f"""
          COALESCE(p.type, c.embedded_type) AS parent_kind,
          lower(c.bookable) AS bookable_from, upper(c.bookable) AS bookable_until,
          s.checkout_prefix || c.checkout_path AS checkout_url, c.data, {PARENT_DATA} AS parent_data,
-         {DATASET.format(column="COALESCE(d.publisher_name, d.name)")} AS attribution_name,
-         {DATASET.format(column="d.url")} AS attribution_url,
-         COALESCE({DATASET.format(column="d.license")}, f.license) AS license,
+         COALESCE({DATASET.format(column="COALESCE(d.publisher_name, d.name)")},
+                  s.attribution_name) AS attribution_name,
+         COALESCE({DATASET.format(column="d.url")}, s.attribution_url) AS attribution_url,
+         COALESCE({DATASET.format(column="d.license")}, s.license, f.license) AS license,
          {", ".join(f"{fact(i)} AS {column}" for i, (column, _) in enumerate(FACTS[:9]))}
   FROM harvester.items AS c
   LEFT JOIN harvester.sources AS s ON s.name = c.source
@@ -117,10 +123,29 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
   WHERE {BOOKABLE}
 $$
 """
-# Candidates from both indexes (the box around the circle; children with a window to come,
-# by their own place, or by their published parent's), then the exact distance. Each is
-# read by its key (a lateral probe): no plan can turn it into a scan. PL/pgSQL, so that its
-# plan is made once per session.
+# The children near a point, whole rows: those whose own (or embedded parent's) place is
+# in the box around the circle, and those whose published parent's place is (each child
+# once: found by its resolved parent, and only if its own place did not find it already).
+# Read where they lie, as `c` of ROWS: each row is visited once, with no second probe.
+NEAR_CHILDREN = f"""
+    SELECT n.* FROM harvester.items AS n
+    WHERE n.role = 'child' AND n.bookable IS NOT NULL AND n.latitude IS NOT NULL
+      AND {POINT.format(alias="n.")} <@ harvester.box_around(lat, lon, km)
+      AND n.start_date > at
+    UNION ALL
+    SELECT n.* FROM harvester.items AS q
+    JOIN harvester.parent_refs AS r
+      ON r.source = q.source AND r.parent_kind = q.kind AND r.parent_rpde_id = q.rpde_id
+    JOIN harvester.items AS n
+      ON n.source = r.source AND n.role = 'child' AND n.parent_ref = r.ref_id
+     AND n.parent_kind = q.kind AND n.parent_rpde_id = q.rpde_id
+    WHERE q.role = 'parent' AND q.latitude IS NOT NULL
+      AND {POINT.format(alias="q.")} <@ harvester.box_around(lat, lon, km)
+      AND n.bookable IS NOT NULL AND n.start_date > at
+      AND NOT (n.latitude IS NOT NULL
+               AND {POINT.format(alias="n.")} <@ harvester.box_around(lat, lon, km))"""
+# Then the exact distance, on the place each row shows. PL/pgSQL, so that its plan is made
+# once per session.
 BOOKABLE_NEAR = f"""
 CREATE OR REPLACE FUNCTION public.bookable_near(
     lat float8, lon float8, km float8, at timestamptz DEFAULT now())
@@ -129,27 +154,10 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY
-  WITH near AS (
-    SELECT n.source, n.kind, n.rpde_id FROM harvester.items AS n
-    WHERE n.role = 'child' AND n.bookable IS NOT NULL AND n.latitude IS NOT NULL
-      AND {POINT.format(alias="n.")} <@ harvester.box_around(lat, lon, km)
-      AND n.start_date > at
-    UNION
-    SELECT n.source, n.kind, n.rpde_id
-    FROM harvester.items AS q
-    JOIN harvester.parent_refs AS r
-      ON r.source = q.source AND r.parent_kind = q.kind AND r.parent_rpde_id = q.rpde_id
-    JOIN harvester.items AS n
-      ON n.source = r.source AND n.role = 'child' AND n.parent_ref = r.ref_id
-    WHERE q.role = 'parent' AND q.latitude IS NOT NULL
-      AND {POINT.format(alias="q.")} <@ harvester.box_around(lat, lon, km)
-      AND n.bookable IS NOT NULL AND n.start_date > at
-  )
   SELECT * FROM (
     SELECT b.*, harvester.km_between(lat, lon, b.latitude, b.longitude) AS distance_km
-    FROM near CROSS JOIN LATERAL ({ROWS}
-      WHERE c.source = near.source AND c.kind = near.kind AND c.rpde_id = near.rpde_id
-        AND {BOOKABLE}) AS b
+    FROM ({ROWS.replace("FROM harvester.items AS c", f"FROM ({NEAR_CHILDREN}) AS c", 1)}
+          WHERE {BOOKABLE}) AS b
   ) AS within
   WHERE within.distance_km <= km
   ORDER BY within.distance_km, within.start_date;
@@ -163,9 +171,24 @@ JSONB_HELPERS = (
 )  # fmt: skip
 
 
+SOURCE_COLUMNS = ("catalog", "site_url", "attribution_name", "attribution_url", "license")
+DISCOVERY_FAILURES = """
+CREATE TABLE harvester.discovery_failures (
+    catalog text NOT NULL,
+    url text NOT NULL,
+    kind text NOT NULL,
+    reason text NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT pk_discovery_failures PRIMARY KEY (catalog, url)
+)"""
+
+
 def upgrade() -> None:
     columns = ", ".join(f"ADD COLUMN {name} {kind}" for name, kind in FACTS)
     op.execute(f"ALTER TABLE harvester.items {columns}, ADD COLUMN inherits smallint")
+    columns = ", ".join(f"ADD COLUMN {name} text" for name in SOURCE_COLUMNS)
+    op.execute(f"ALTER TABLE harvester.sources {columns}")
+    op.execute(DISCOVERY_FAILURES)
     op.execute("DROP INDEX harvester.ix_items_child_geo")
     op.execute("DROP INDEX harvester.ix_items_parent_geo")
     for statement in INDEXES:
@@ -188,6 +211,9 @@ def downgrade() -> None:
         op.execute(statement)
     columns = ", ".join(f"DROP COLUMN {name}" for name, _ in FACTS)
     op.execute(f"ALTER TABLE harvester.items {columns}, DROP COLUMN inherits")
+    op.execute("DROP TABLE harvester.discovery_failures")
+    columns = ", ".join(f"DROP COLUMN {name}" for name in SOURCE_COLUMNS)
+    op.execute(f"ALTER TABLE harvester.sources {columns}")
 
 
 def revision_0008() -> ModuleType:
