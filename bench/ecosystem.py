@@ -52,6 +52,7 @@ from run import (
     print_grid,
     print_table,
     publisher_process,
+    rss_mb,
     rss_profile,
     run_baseline,
     run_harvester_once,
@@ -119,18 +120,6 @@ def read_stats(simulator: Simulator) -> dict[str, Any]:
     response = httpx.get(simulator.stats_url, timeout=30)
     response.raise_for_status()
     return orjson.loads(response.content)
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (the peak resident set) of a live process, in MB."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def check_plan(simulator: Simulator, plan: Plan) -> None:
@@ -215,7 +204,7 @@ def measure_harvest(server: str, simulator: Simulator, config: Path, workdir: Pa
         held = count_rows(db, "SELECT count(*) FROM harvester.items")
         feeds = feed_counts(db)
     return Harvest(result, stats, held, feeds, logged_totals(result.stderr),
-                   peak_rss_mb(simulator.pid))  # fmt: skip
+                   rss_mb(simulator.pid, "VmHWM"))  # fmt: skip
 
 
 def feed_counts(db: str) -> dict[str, int | None]:

@@ -253,12 +253,12 @@ class ProcessRun:
     stderr: str
 
 
-def rss_mb(pid: int) -> float | None:
-    """VmRSS of a live process, in MB (None once it is gone)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """VmRSS (or VmHWM, its peak) of a live process, in MB (None once it is gone)."""
     try:
         with open(f"/proc/{pid}/status", encoding="utf-8") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None

@@ -38,6 +38,9 @@ PARENT_WAIT_SECONDS = 120.0
 # items: one lock, COPY, upsert, position update and commit for several pages. How far
 # ahead a feed reads is bounded in bytes (a feed of large pages reads one ahead).
 BATCH_ITEMS = 2_000
+# How long a feed harvests before handing its host's turn to a feed of the same host that
+# waits for one (a few dozen pages: a turn ends between two commits, losing nothing).
+TURN_SECONDS = 10.0
 READ_AHEAD_BYTES = 2 * 1024 * 1024
 
 
@@ -129,6 +132,7 @@ class Progress:
     waited: float = 0.0  # seconds spent giving way to the source's parent feeds
     newest_modified: int | None = None  # the largest integer `modified` written so far
     swept: int = 0  # rows a finished backfill removed (not seen again)
+    handed_over: bool = False  # stopped short of the last page for a feed of its host
     finished_at: float | None = None  # time.monotonic() when the harvest ended
 
     @property
@@ -195,6 +199,8 @@ class Harvester:
     owner: str | None = None
     stop: threading.Event | None = None
     on_page: Callable[[FeedRow, Progress], None] | None = None
+    # Whether other feeds of this feed's host are waiting for a turn (worker.Worker).
+    host_waited_for: Callable[[FeedRow], bool] | None = None
     parents_first: ParentsFirst = field(default_factory=ParentsFirst)
     parent_cache: parents.ParentCache = field(default_factory=parents.ParentCache)
 
@@ -240,9 +246,20 @@ class Harvester:
                 del batch, parsed  # written: freed before the next batch is waited for
                 if ended:
                     break
+                if self.hands_over(feed, progress):
+                    progress.handed_over = True
+                    break
         finally:
             stream.close()
         return progress
+
+    def hands_over(self, feed: FeedRow, progress: Progress) -> bool:
+        """A long harvest gives its host's turn to a waiting feed of that host: so every feed
+        of a host moves on together (round-robin), and a large one never waits until the
+        small ones before it are done. It resumes from its committed position."""
+        if progress.working_seconds + progress.waited < TURN_SECONDS:
+            return False
+        return self.host_waited_for is not None and self.host_waited_for(feed)
 
     def give_way(self, feed: FeedRow, batch: list[Parsed], until: float) -> float:
         """Parents go first: mark a parent feed busy, or let pages of children wait.
@@ -372,10 +389,12 @@ def log_harvest(feed: FeedRow, progress: Progress) -> None:
     logger.info(
         "%s: %d pages, %d items in %.1f s (%.0f items/s)%s", feed.url, progress.pages,
         progress.items, seconds, progress.items / max(seconds, 1e-6),
-        ", caught up" if progress.caught_up else "",
+        ", caught up" if progress.caught_up else ", turn handed over" if progress.handed_over
+        else "",
         extra={"event": "feed_harvested", "feed": feed.url, "pages": progress.pages,
                "items": progress.items, "seconds": round(seconds, 3),
-               "waited": round(progress.waited, 3), "caught_up": progress.caught_up},
+               "waited": round(progress.waited, 3), "caught_up": progress.caught_up,
+               "handed_over": progress.handed_over},
     )  # fmt: skip
 
 

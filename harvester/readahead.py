@@ -34,6 +34,30 @@ class Page(Protocol):
 P = TypeVar("P", bound=Page)
 
 
+class Budget:
+    """Bytes of pages read ahead by every stream of the process, against one bound: with
+    hundreds of feeds in flight, what waits to be written stays bounded in all. A stream
+    may always hold one page ready (so each feed moves on); beyond it, only within this."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def fits(self, size: int) -> bool:
+        """A page of `size` bytes more stays within the bound."""
+        with self.lock:
+            return self.held + size <= self.limit
+
+    def add(self, size: int) -> None:
+        """Count bytes taken (positive) or given back (negative)."""
+        with self.lock:
+            self.held += size
+
+
+PROCESS_BUDGET = Budget(48 * 1024 * 1024)
+
+
 class PageStream(Generic[P]):
     """The pages of one feed from `first_url` on, read ahead by a daemon thread."""
 
@@ -46,6 +70,7 @@ class PageStream(Generic[P]):
         self.ahead_bytes = ahead_bytes
         self.ready: deque[P | BaseException] = deque()
         self.held = 0  # bytes of the pages in `ready`
+        self.budget = PROCESS_BUDGET
         self.changed = threading.Condition()
         self.closed = False
         threading.Thread(
@@ -73,7 +98,9 @@ class PageStream(Generic[P]):
     def room_for(self, size: int) -> bool:
         """Wait until a page of about `size` bytes fits ahead; False once closed."""
         with self.changed:
-            while self.ready and self.held + size > self.ahead_bytes:
+            # Re-checked every 0.2 s: the process budget frees as other streams write.
+            while self.ready and (self.held + size > self.ahead_bytes
+                                  or not self.budget.fits(size)):  # fmt: skip
                 if self.closed or self.stopping():
                     return False
                 self.changed.wait(0.2)
@@ -82,8 +109,11 @@ class PageStream(Generic[P]):
     def put(self, page: P | BaseException, size: int) -> None:
         """Hand a page (or the error that ended the feed) to the writer."""
         with self.changed:
+            if self.closed:
+                return  # the writer is gone: nothing will take it
             self.ready.append(page)
             self.held += size
+            self.budget.add(size)
             self.changed.notify_all()
 
     def take(self) -> P | None:
@@ -108,6 +138,7 @@ class PageStream(Generic[P]):
         if isinstance(entry, BaseException):
             raise entry
         self.held -= entry.size
+        self.budget.add(-entry.size)
         self.changed.notify_all()
         return entry
 
@@ -115,4 +146,7 @@ class PageStream(Generic[P]):
         """Stop reading ahead (the thread ends after the request in flight)."""
         with self.changed:
             self.closed = True
+            self.budget.add(-self.held)  # what was read ahead and will not be written
+            self.held = 0
+            self.ready.clear()
             self.changed.notify_all()

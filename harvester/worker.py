@@ -103,6 +103,7 @@ class Worker:
         self.host_running: Counter[str] = Counter()
         self.parked: dict[str, deque[int]] = defaultdict(deque)  # due, waiting for their host
         self.refresh = refresh
+        harvester.host_waited_for = lambda feed: bool(self.parked.get(host_key(feed.url)))
         if refresh is not None:
             refresh.next_at = time.monotonic() + refresh.seconds
         self.add_feeds(feeds)
@@ -208,12 +209,8 @@ class Worker:
             if self.host_running[host] >= self.settings.max_connections_per_host:
                 self.parked[host].append(feed_id)  # started when one of its host's ends
                 continue
-            if not self.claim(feed_id):
-                if self.once and self.done_elsewhere(feed_id):
-                    self.finished.add(feed_id)
-                else:
-                    self.schedule(feed_id, self.settings.lease_seconds / 2)
-                continue
+            # Claimed by the harvest's own thread: hundreds of feeds start side by side,
+            # not one lease statement after another in this loop.
             self.running.add(feed_id)
             self.host_running[host] += 1
             run_in_background(lambda feed=self.feeds[feed_id]: self.harvest(feed))
@@ -269,15 +266,21 @@ class Worker:
             self.wake.notify_all()
 
     def harvest_feed(self, feed: FeedRow) -> FeedOutcome:
-        """Harvest from the stored position; classify what went wrong."""
+        """Take the feed's lease, harvest from the stored position; classify what went wrong."""
         try:
+            if not self.claim(feed.id):
+                if self.once and self.done_elsewhere(feed.id):
+                    return FeedOutcome(feed, retry_in=None, state="done_elsewhere")
+                return FeedOutcome(feed, retry_in=self.settings.lease_seconds / 2,
+                                   state="elsewhere")  # fmt: skip
             with self.harvester.engine.begin() as conn:
                 stored = feedstate.find_feed(conn, feed.id)
             if stored is None:  # no longer listed by its catalog: its rows went with it
                 return FeedOutcome(feed, retry_in=None, state="retired")
             feed = stored
             progress = self.harvester.harvest(feed)
-            return FeedOutcome(feed, progress, retry_in=self.poll_interval(progress))
+            retry_in = 0.0 if progress.handed_over else self.poll_interval(progress)
+            return FeedOutcome(feed, progress, retry_in=retry_in)
         except FeedError as exc:
             return self.feed_failed(feed, exc)
         except LeaseLost as exc:

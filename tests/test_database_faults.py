@@ -14,13 +14,21 @@ from typing import Any
 import psycopg
 import psycopg.errors
 import pytest
-from helpers import FAST_SETTINGS, feed_rows, parse_status, run_harvester, write_config
+from helpers import (
+    FAST_SETTINGS,
+    assert_holds_exactly,
+    feed_rows,
+    parse_status,
+    run_harvester,
+    write_config,
+)
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from harvester import database, feedstate
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
+from harvester.feedstate import FeedRow
 from harvester.fetch import Fetcher
 from harvester.pipeline import Harvester
 from harvester.sample import FEED_NAMES, SamplePublisher
@@ -176,3 +184,42 @@ def test_an_unexpected_error_is_recorded_in_last_error(
         assert "unexpected error (a harvester bug): RuntimeError: a bug in the row builder" in (
             row.last_error
         )
+
+
+def test_feeds_of_one_host_take_turns_and_each_resumes_where_it_stopped(
+    publisher: SamplePublisher, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four feeds on one host, one at a time, each turn a batch: all advance together (every
+    feed's first turn ends before any feed's last), and every item is held once."""
+    from harvester import pipeline
+
+    monkeypatch.setattr(pipeline, "TURN_SECONDS", 0.0)
+    monkeypatch.setattr(pipeline, "BATCH_ITEMS", 1)  # a batch is one page
+    source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
+    with engine.begin() as conn:
+        feedstate.sync_source(conn, source, None)
+        feeds = feedstate.load_feeds(conn)
+    settings = Settings(max_connections_per_host=1)
+    fetcher = Fetcher(settings)
+    harvester = Harvester(engine=engine, fetcher=fetcher, settings=settings,
+                          sources={"sample": source}, stop=threading.Event())  # fmt: skip
+    turns: list[tuple[int, bool]] = []
+    harvest = harvester.harvest
+
+    def recorded(feed: FeedRow) -> pipeline.Progress:
+        progress = harvest(feed)
+        turns.append((feed.id, progress.handed_over))
+        return progress
+
+    monkeypatch.setattr(harvester, "harvest", recorded)
+    try:
+        report = Worker(harvester, feeds, once=True).run()
+    finally:
+        fetcher.close()
+    assert report.failures == {}
+    first_turns = {feed_id: turns.index((feed_id, True)) for feed_id, _ in turns if
+                   (feed_id, True) in turns}  # fmt: skip
+    last_turns = {feed_id: turns.index((feed_id, False)) for feed_id, _ in turns}
+    assert len(first_turns) == len(feeds)  # each feed handed its turn over at least once
+    assert max(first_turns.values()) < min(last_turns.values())
+    assert_holds_exactly(engine, publisher)

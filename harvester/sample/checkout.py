@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from harvester.sample.__main__ import wait_for_signal
-from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer
+from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer, send_answer
 from harvester.sample.shapes import CONTEXT, Json
 
 STANDALONE = "standalone"
@@ -412,12 +412,7 @@ class CheckoutHandler(BaseHTTPRequestHandler):
 
     def write_response(self, response: Response) -> None:
         """Send ``response`` with its length."""
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
+        send_answer(self, response.status, response.headers, response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: bodies carry customer details; tests read ``checkout.requests``."""

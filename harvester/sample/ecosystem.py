@@ -68,7 +68,7 @@ import orjson
 from harvester.sample import dataset, shapes
 from harvester.sample.__main__ import parse_now, wait_for_signal
 from harvester.sample.dataset import LICENSE, MODIFIED_ID, Sizes
-from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer
+from harvester.sample.httpserver import BackgroundServer, SampleHTTPServer, send_answer
 from harvester.sample.server import Response, error_response
 from harvester.sample.shapes import Json
 
@@ -865,12 +865,7 @@ class EcosystemHandler(BaseHTTPRequestHandler):
         """Answer one GET."""
         host = self.server.host
         response = host.ecosystem.respond(host.number, self.path, self.headers.get("Host"))
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
+        send_answer(self, response.status, response.headers, response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: ``/_stats`` tells what was served."""
