@@ -7,6 +7,7 @@ import email.utils
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 import zlib
@@ -67,6 +68,7 @@ class Fetcher:
         # A caller's transport (tests: httpx.MockTransport) is used as given, for every host.
         self.transport = transport
         self.limits = host_limits(settings.max_connections_per_host)
+        self.ssl_context = httpx.create_ssl_context()
         self._clients: dict[str, httpx.Client] = {}
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
@@ -90,7 +92,7 @@ class Fetcher:
     def new_client(self) -> httpx.Client:
         """A client with the harvester's headers, timeouts and no redirects followed."""
         return httpx.Client(
-            transport=self.transport or deadline_transport(self.limits),
+            transport=self.transport or deadline_transport(self.limits, self.ssl_context),
             timeout=httpx.Timeout(self.settings.request_timeout_seconds),
             headers={
                 "User-Agent": USER_AGENT,
@@ -446,13 +448,17 @@ def host_limits(per_host: int) -> httpx.Limits:
     return httpx.Limits(max_connections=per_host, max_keepalive_connections=per_host)
 
 
-def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport, its network I/O bounded by the request deadline."""
-    transport = httpx.HTTPTransport(limits=limits)
+def deadline_transport(
+    limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None
+) -> httpx.HTTPTransport:
+    """httpx's own transport, its network I/O bounded by the request deadline. Hosts share
+    one TLS context: each holds the whole CA bundle (a megabyte or two)."""
+    ssl_context = ssl_context or httpx.create_ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
     # httpx.HTTPTransport takes no httpcore network backend, so the pool it built (no
     # connection opened yet) is replaced by one built as httpx builds it, with ours.
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
