@@ -104,8 +104,9 @@ class Settings:
     # the process peaks near 235 MB (bench/memory.py).
     max_page_bytes: int = 6 * 1024 * 1024
     # Feeds harvested at once by one process, at most max_connections_per_host of one host
-    # (worker.Worker): so the threads follow the hosts (hosts x per-host limit), to this cap.
-    workers: int = 128
+    # (worker.Worker): so the threads follow the hosts (hosts x per-host limit), to this cap,
+    # which bounds memory (bench/ecosystem.py: ~2.5 MB a feed in flight).
+    workers: int = 48
     max_connections_per_host: int = 4
     lease_seconds: float = 15.0  # a dead worker's feeds are taken over after this
     # /healthz fails when no feed has committed a page (a last-page poll counts) for this long.

@@ -93,29 +93,32 @@ class Parsed:
 
 
 class ParseBudget:
-    """How many large pages are parsed at once in this process.
+    """How many pages are parsed at once in this process.
 
     Parsing takes about six times a page's size at its peak (the JSON parser's tree, the
     items, their rows), and each feed in flight parses its next page while the last is
-    written: with four workers and pages at the cap, that alone is ~200 MB. Pages from
-    `large_bytes` up take one of `slots` turns; the usual small pages never wait.
+    written: with dozens of feeds in flight, pages parsed side by side would add up to
+    hundreds of MB. Parsing holds the GIL, so parsing them side by side gains nothing: at
+    most `slots` pages are parsed at once, and pages from `large_bytes` up one at a time.
     """
 
-    def __init__(self, slots: int = 1, large_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, slots: int = 4, large_bytes: int = 1024 * 1024) -> None:
         self.large_bytes = large_bytes
         self.turns = threading.BoundedSemaphore(slots)
+        self.large_turn = threading.BoundedSemaphore(1)
 
     @contextmanager
     def slot(self, size: int) -> Iterator[None]:
-        """Hold a turn while a page of `size` bytes is parsed, if it is a large one."""
-        if size < self.large_bytes:
-            yield
-            return
+        """Hold a turn while a page of `size` bytes is parsed."""
         with self.turns:
-            yield
+            if size < self.large_bytes:
+                yield
+                return
+            with self.large_turn:
+                yield
 
 
-LARGE_PARSES = ParseBudget()
+PARSES = ParseBudget()
 
 
 @dataclass
@@ -246,11 +249,12 @@ class Harvester:
                 del batch, parsed  # written: freed before the next batch is waited for
                 if ended:
                     break
-                if self.hands_over(feed, progress):
+                if not progress.handed_over and self.hands_over(feed, progress):
                     progress.handed_over = True
-                    break
+                    stream.finish()  # what it has read is still written
         finally:
             stream.close()
+        progress.handed_over = progress.handed_over and not progress.caught_up
         return progress
 
     def hands_over(self, feed: FeedRow, progress: Progress) -> bool:
@@ -282,7 +286,7 @@ class Harvester:
             with attempt:
                 response = self.fetcher.get(url, source.headers)
                 size = len(response.body)
-                with LARGE_PARSES.slot(size):
+                with PARSES.slot(size):
                     page = rpde.parse_page(url, response.body)
                     parsed = Parsed.of(page, response.max_age, size, feed.purpose)
         rpde.check_origin(feed.url, parsed.next_url)
@@ -365,20 +369,20 @@ class Harvester:
 def take_batch(stream: PageStream[Parsed]) -> list[Parsed]:
     """The next page, and those already read after it, up to BATCH_ITEMS items in all.
 
-    A batch ends at a feed's end and at a large page (LARGE_PARSES): large pages are not
+    A batch ends at a feed's end and at a large page (PARSES): large pages are not
     gathered, so memory stays that of one written page and one read ahead.
     """
     first = stream.take()
     if first is None:
         return []
     batch, items = [first], len(first.rows)
-    while not batch[-1].ends_feed and batch[-1].size < LARGE_PARSES.large_bytes:
+    while not batch[-1].ends_feed and batch[-1].size < PARSES.large_bytes:
         following = stream.take_ready()
         if following is None:
             break
         batch.append(following)
         items += len(following.rows)
-        if items >= BATCH_ITEMS or following.size >= LARGE_PARSES.large_bytes:
+        if items >= BATCH_ITEMS or following.size >= PARSES.large_bytes:
             break
     return batch
 

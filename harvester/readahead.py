@@ -73,6 +73,8 @@ class PageStream(Generic[P]):
         self.budget = PROCESS_BUDGET
         self.changed = threading.Condition()
         self.closed = False
+        self.finishing = False  # read no further; what is read is still taken
+        self.read_all = False  # the reader has stopped: once `ready` is empty, the end
         threading.Thread(
             target=self.read, args=(first_url,), name="harvester-fetch", daemon=True
         ).start()
@@ -80,20 +82,25 @@ class PageStream(Generic[P]):
     def read(self, url: str) -> None:
         """The thread: fetch page after page until the feed's end, an error, or close."""
         expected = 0  # the last page's size: the next one is likely alike
-        while self.room_for(expected):
-            try:
-                page = self.fetch(url)
-            except BaseException as exc:  # handed to the writer, which raises it
-                self.put(exc, 0)
-                return
-            if page.ends_feed:
-                self.put(page, page.size)
-                return
-            url, expected = page.next_url, page.size
-            # Handed over, and no longer referenced here: the writer alone keeps it alive,
-            # so a written page is freed while the next one is fetched and parsed.
-            self.put(page, expected)
-            del page
+        try:
+            while self.room_for(expected):
+                try:
+                    page = self.fetch(url)
+                except BaseException as exc:  # handed to the writer, which raises it
+                    self.put(exc, 0)
+                    return
+                if page.ends_feed:
+                    self.put(page, page.size)
+                    return
+                url, expected = page.next_url, page.size
+                # Handed over, and no longer referenced here: the writer alone keeps it
+                # alive, so a written page is freed while the next one is fetched and parsed.
+                self.put(page, expected)
+                del page
+        finally:
+            with self.changed:
+                self.read_all = True
+                self.changed.notify_all()
 
     def room_for(self, size: int) -> bool:
         """Wait until a page of about `size` bytes fits ahead; False once closed."""
@@ -101,10 +108,10 @@ class PageStream(Generic[P]):
             # Re-checked every 0.2 s: the process budget frees as other streams write.
             while self.ready and (self.held + size > self.ahead_bytes
                                   or not self.budget.fits(size)):  # fmt: skip
-                if self.closed or self.stopping():
+                if self.closed or self.finishing or self.stopping():
                     return False
                 self.changed.wait(0.2)
-            return not (self.closed or self.stopping())
+            return not (self.closed or self.finishing or self.stopping())
 
     def put(self, page: P | BaseException, size: int) -> None:
         """Hand a page (or the error that ended the feed) to the writer."""
@@ -120,7 +127,7 @@ class PageStream(Generic[P]):
         """The next page, waiting for it; None on shutdown. Raises what ended the feed."""
         with self.changed:
             while not self.ready:
-                if self.stopping():
+                if self.stopping() or (self.finishing and self.read_all):
                     return None
                 self.changed.wait(0.2)
             return self.pop()
@@ -141,6 +148,13 @@ class PageStream(Generic[P]):
         self.budget.add(-entry.size)
         self.changed.notify_all()
         return entry
+
+    def finish(self) -> None:
+        """Read no further: the page being fetched and those ready are still taken, then
+        `take` answers None (a harvest handing its turn over loses nothing it fetched)."""
+        with self.changed:
+            self.finishing = True
+            self.changed.notify_all()
 
     def close(self) -> None:
         """Stop reading ahead (the thread ends after the request in flight)."""

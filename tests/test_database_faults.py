@@ -187,14 +187,22 @@ def test_an_unexpected_error_is_recorded_in_last_error(
 
 
 def test_feeds_of_one_host_take_turns_and_each_resumes_where_it_stopped(
-    publisher: SamplePublisher, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Four feeds on one host, one at a time, each turn a batch: all advance together (every
-    feed's first turn ends before any feed's last), and every item is held once."""
+    """Four feeds on one host, one at a time, each turn a page or two: all advance together
+    (every feed's first turn ends before any feed's last), and every item is held once."""
     from harvester import pipeline
 
     monkeypatch.setattr(pipeline, "TURN_SECONDS", 0.0)
     monkeypatch.setattr(pipeline, "BATCH_ITEMS", 1)  # a batch is one page
+    monkeypatch.setattr(pipeline, "READ_AHEAD_BYTES", 1)  # one page read ahead
+    with SamplePublisher(items=2_000, page_size=10, last_page_max_age=0) as publisher:
+        take_turns(engine, publisher, monkeypatch)
+
+
+def take_turns(engine: Engine, publisher: SamplePublisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harvester import pipeline
+
     source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
     with engine.begin() as conn:
         feedstate.sync_source(conn, source, None)

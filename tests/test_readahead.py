@@ -21,7 +21,7 @@ from harvester.config import Source
 from harvester.feedstate import FeedRow
 from harvester.pagewrite import PageWrite
 from harvester.pipeline import BATCH_ITEMS, Parsed, take_batch
-from harvester.readahead import PageStream
+from harvester.readahead import PROCESS_BUDGET, PageStream
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def test_a_batch_gathers_ready_pages_up_to_its_item_count() -> None:
 
 
 def test_a_batch_ends_at_the_feeds_end_and_at_a_large_page() -> None:
-    large = pipeline.LARGE_PARSES.large_bytes
+    large = pipeline.PARSES.large_bytes
     pages = [parsed_page(0, [item("a", 1)]), parsed_page(1, [item("b", 1)], size=large),
              parsed_page(2, [item("c", 1)]), parsed_page(3, [], last=True),
              parsed_page(4, [item("d", 1)])]  # fmt: skip
@@ -206,3 +206,23 @@ def test_pages_written_together_end_as_written_one_by_one(engine: Engine) -> Non
         rejected = conn.execute(text("SELECT count(*) FROM harvester.rejected_items")).scalar()
     assert [tuple(row[1:]) for row in rows] == [(pages[-1].next_url, 4, "caught_up")] * 2
     assert rejected == 2  # the broken item, once per source
+
+
+def test_a_finished_stream_gives_what_it_read_then_ends_and_frees_its_budget() -> None:
+    publisher = Publisher(pages=100)
+    before = PROCESS_BUDGET.held
+    stream = stream_of(publisher, ahead_bytes=30)  # three pages of 10 bytes ahead
+    first = stream.take()
+    assert first is not None and first.number == 0
+    time.sleep(0.3)  # it reads ahead to its bound
+    stream.finish()
+    rest = []
+    while (page := stream.take()) is not None:
+        rest.append(page.number)
+    fetched = sorted(publisher.fetched)
+    # Every page fetched was taken, in order, and nothing after them was read.
+    assert rest == fetched[1:] and 2 <= len(rest) <= 5
+    time.sleep(0.3)
+    assert sorted(publisher.fetched) == fetched
+    stream.close()
+    assert stream.held == 0 and PROCESS_BUDGET.held <= before
