@@ -39,7 +39,7 @@ PARENT_WAIT_SECONDS = 120.0
 # ahead a feed reads is bounded in bytes (a feed of large pages reads one ahead).
 BATCH_ITEMS = 2_000
 # How long a feed harvests before handing its host's turn to a feed of the same host that
-# waits for one (a few dozen pages: a turn ends between two commits, losing nothing).
+# has not started yet (a few dozen pages: a turn ends after what was read is written).
 TURN_SECONDS = 10.0
 READ_AHEAD_BYTES = 2 * 1024 * 1024
 
@@ -202,7 +202,7 @@ class Harvester:
     owner: str | None = None
     stop: threading.Event | None = None
     on_page: Callable[[FeedRow, Progress], None] | None = None
-    # Whether other feeds of this feed's host are waiting for a turn (worker.Worker).
+    # Whether a feed of this feed's host waits for its first turn (worker.Worker).
     host_waited_for: Callable[[FeedRow], bool] | None = None
     parents_first: ParentsFirst = field(default_factory=ParentsFirst)
     parent_cache: parents.ParentCache = field(default_factory=parents.ParentCache)
@@ -258,9 +258,9 @@ class Harvester:
         return progress
 
     def hands_over(self, feed: FeedRow, progress: Progress) -> bool:
-        """A long harvest gives its host's turn to a waiting feed of that host: so every feed
-        of a host moves on together (round-robin), and a large one never waits until the
-        small ones before it are done. It resumes from its committed position."""
+        """A long harvest gives its host's turn to a feed of that host still waiting for its
+        first: so a large feed never waits until all the feeds listed before it are done.
+        It resumes from its committed position."""
         if progress.working_seconds + progress.waited < TURN_SECONDS:
             return False
         return self.host_waited_for is not None and self.host_waited_for(feed)

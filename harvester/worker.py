@@ -103,7 +103,8 @@ class Worker:
         self.host_running: Counter[str] = Counter()
         self.parked: dict[str, deque[int]] = defaultdict(deque)  # due, waiting for their host
         self.refresh = refresh
-        harvester.host_waited_for = lambda feed: bool(self.parked.get(host_key(feed.url)))
+        self.started: set[int] = set()  # feeds that have had a turn in this run
+        harvester.host_waited_for = self.host_has_unstarted
         if refresh is not None:
             refresh.next_at = time.monotonic() + refresh.seconds
         self.add_feeds(feeds)
@@ -212,6 +213,7 @@ class Worker:
             # Claimed by the harvest's own thread: hundreds of feeds start side by side,
             # not one lease statement after another in this loop.
             self.running.add(feed_id)
+            self.started.add(feed_id)
             self.host_running[host] += 1
             run_in_background(lambda feed=self.feeds[feed_id]: self.harvest(feed))
 
@@ -384,6 +386,13 @@ class Worker:
             self.free_host(host_key(outcome.feed.url))
             if outcome.feed.id in self.feeds:  # else dropped by set_feeds meanwhile
                 self.settle(outcome)
+
+    def host_has_unstarted(self, feed: FeedRow) -> bool:
+        """A feed of this feed's host waits for its first turn. Only a first turn preempts:
+        once every feed of a host has started, the long ones (the catch-up's critical
+        path) run on to their end."""
+        parked = self.parked.get(host_key(feed.url))
+        return bool(parked) and any(feed_id not in self.started for feed_id in list(parked))
 
     def free_host(self, host: str) -> None:
         """A harvest on `host` ended: the next of its parked feeds may start."""
