@@ -47,6 +47,7 @@ from run import (
     ProcessRun,
     count_rows,
     cpu_split,
+    harvested_records,
     log,
     machine,
     print_grid,
@@ -224,17 +225,10 @@ def logged_totals(stderr: str) -> dict[str, int]:
     """Distinct feeds, pages and items over the run's ``feed_harvested`` records."""
     feeds: set[str] = set()
     pages = items = 0
-    for line in stderr.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:  # a line cut short: not a record of ours
-            continue
-        if record.get("event") == "feed_harvested":
-            feeds.add(str(record["feed"]))
-            pages += int(record.get("pages", 0))
-            items += int(record.get("items", 0))
+    for record in harvested_records(stderr):
+        feeds.add(str(record["feed"]))
+        pages += int(record.get("pages", 0))
+        items += int(record.get("items", 0))
     return {"feeds": len(feeds), "pages": pages, "items": items}
 
 

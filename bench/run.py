@@ -426,18 +426,23 @@ def baseline_rates(run: ProcessRun) -> dict[str, FeedRate]:
     }
 
 
-def harvester_rates(run: ProcessRun) -> dict[str, FeedRate]:
-    """Each feed's figures summed over its ``feed_harvested`` records (JSON lines on stderr)."""
-    rates: dict[str, FeedRate] = {}
-    for line in run.stderr.splitlines():
+def harvested_records(stderr: str) -> Iterator[dict[str, Any]]:
+    """The harvester's ``feed_harvested`` records among its JSON log lines."""
+    for line in stderr.splitlines():
         if not line.startswith("{"):
             continue
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:  # a line cut short: not a record of ours
             continue
-        if record.get("event") != "feed_harvested":
-            continue
+        if record.get("event") == "feed_harvested":
+            yield record
+
+
+def harvester_rates(run: ProcessRun) -> dict[str, FeedRate]:
+    """Each feed's figures summed over its ``feed_harvested`` records (JSON lines on stderr)."""
+    rates: dict[str, FeedRate] = {}
+    for record in harvested_records(run.stderr):
         name = feed_name(str(record["feed"]))
         rate = FeedRate(int(record["pages"]), int(record["items"]), float(record["seconds"]),
                         float(record.get("waited", 0.0)))  # fmt: skip
