@@ -30,7 +30,7 @@ from harvester import (
     redact,
     report,
 )
-from harvester.config import Config, load_config
+from harvester.config import Config, Source, load_config
 from harvester.errors import (
     CheckoutFailed,
     ConfigError,
@@ -191,7 +191,9 @@ def command_backfill(args: argparse.Namespace, environ: Mapping[str, str]) -> in
         database.migrate(engine)
         with engine.begin() as conn:
             sync_sources(conn, config)
-            feeds = select_feeds(feedstate.load_feeds(conn, config_pairs(config)), args)
+            # The feeds of the sources the config's catalogs found, as the last run held them.
+            pairs = config_pairs(config) + held_pairs(discovery.held_sources(conn, config))
+            feeds = select_feeds(feedstate.load_feeds(conn, pairs), args)
             feeds = [feedstate.start_backfill(conn, feed.id) for feed in feeds]
         for feed in feeds:
             logger.info("backfilling %s", feed.url, extra={"event": "backfill_started"})
@@ -326,6 +328,10 @@ def harvest(
             failures: dict[str, str] = {}
             if feeds is None:
                 feeds = find_feeds(harvester, config, failures)
+            else:  # a backfill's: its discovered sources are those held
+                with engine.begin() as conn:
+                    held = discovery.held_sources(conn, config)
+                harvester.sources.update({source.name: source for source in held})
             attribution.keep_fresh(engine, fetcher, config, stop)
             refresh = None
             if config.catalogs and not once:
@@ -353,8 +359,7 @@ def find_feeds(
     with harvester.engine.begin() as conn:
         held = discovery.held_sources(conn, config)
         harvester.sources.update({source.name: source for source in held})
-        pairs = config_pairs(config) + [(s.name, url) for s in held for url in s.feeds]
-        return feedstate.load_feeds(conn, pairs)
+        return feedstate.load_feeds(conn, config_pairs(config) + held_pairs(held))
 
 
 def finish_run(
@@ -382,6 +387,11 @@ def sync_sources(conn: Any, config: Config) -> None:
 def config_pairs(config: Config) -> list[tuple[str, str]]:
     """(source, feed URL) of every configured feed."""
     return [(source.name, url) for source in config.sources for url, _ in source.feed_purposes()]
+
+
+def held_pairs(sources: list[Source]) -> list[tuple[str, str]]:
+    """(source, feed URL) of every feed of these (discovered) sources."""
+    return [(source.name, url) for source in sources for url in source.feeds]
 
 
 def select_feeds(

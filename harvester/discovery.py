@@ -86,10 +86,12 @@ def apply_discovery(
 ) -> list[Source]:
     """Register the catalog's datasets (a name already taken stays its owner's); retire
     those it no longer lists, unless part of the chain could not be read; note failures."""
-    sources = [source_of(dataset) for dataset in discovery.datasets]
-    sources = [source for source in sources if source.feeds and source.name not in taken]
-    for source, dataset in zip(sources, datasets_of(discovery, sources), strict=True):
-        register(conn, catalog, source, dataset)
+    sources = []
+    for dataset in discovery.datasets:
+        source = source_of(dataset)
+        if source.feeds and source.name not in taken:
+            register(conn, catalog, source, dataset)
+            sources.append(source)
     kept_sites = {failure.url for failure in discovery.failures}
     if complete(discovery):
         retire_missing(conn, catalog, {source.name for source in sources}, kept_sites)
@@ -108,14 +110,6 @@ def source_name(name: str) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
     return name.encode()[: MAX_SOURCE_NAME_BYTES - 14].decode(errors="ignore") + "~" + digest
-
-
-def datasets_of(
-    discovery: catalogs.Discovery, sources: Sequence[Source]
-) -> list[catalogs.DiscoveredDataset]:
-    """The Dataset each kept source came from, in the same order."""
-    by_name = {source_name(dataset.name): dataset for dataset in discovery.datasets}
-    return [by_name[source.name] for source in sources]
 
 
 def names(sources: Sequence[Source]) -> set[str]:

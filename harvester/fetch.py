@@ -7,7 +7,6 @@ import email.utils
 import logging
 import random
 import re
-import ssl
 import threading
 import time
 import zlib
@@ -427,12 +426,10 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self.backend.sleep(seconds)
 
 
-def deadline_transport(
-    limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None
-) -> httpx.HTTPTransport:
-    """httpx's own transport, its network I/O bounded by the request deadline. Hosts share
-    one TLS context: each holds the whole CA bundle (a megabyte or two)."""
-    ssl_context = ssl_context or httpx.create_ssl_context()
+def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's own transport, its network I/O bounded by the request deadline. It and its
+    pool share one TLS context: each holds the whole CA bundle (about a megabyte)."""
+    ssl_context = httpx.create_ssl_context()
     transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
     # httpx.HTTPTransport takes no httpcore network backend, so the pool it built (no
     # connection opened yet) is replaced by one built as httpx builds it, with ours.

@@ -217,3 +217,23 @@ def test_status_summary_and_check_cover_discovered_sources(
     assert text_lines[0].split() == ["SOURCE", "FEEDS", "ITEMS", "REJECTED", "WORST", "STATE",
                                      "MAX", "LAG"]  # fmt: skip
     assert len(text_lines) == 1 + 3
+
+
+def test_a_discovered_source_can_be_backfilled(
+    ecosystem: Ecosystem, catalogs: CatalogServer, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    feeds = feeds_by_dataset(ecosystem)
+    collection = serve_chain(catalogs, feeds, ["site-1"])
+    harvest_once(db_url, tmp_path, collection)
+    before = held(engine)["site-0"].items
+    config = tmp_path / "catalogs.toml"
+    source = catalogs.url("/site-0")
+    result = run_harvester(db_url, "backfill", "--source", source, "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = held(engine)["site-0"]
+    assert (after.items, after.states) == (before, ["caught_up"])
+    with engine.connect() as conn:
+        generations = conn.execute(text(
+            "SELECT DISTINCT generation FROM harvester.feeds WHERE source = :source"),
+            {"source": source}).scalars().all()  # fmt: skip
+    assert generations == [1]  # each of its feeds harvested again from its first page
