@@ -32,7 +32,7 @@ from harvester.feedstate import FeedRow
 from harvester.fetch import Fetcher
 from harvester.pipeline import Harvester
 from harvester.sample import FEED_NAMES, SamplePublisher
-from harvester.worker import Worker
+from harvester.worker import RunReport, Worker
 
 
 def wrapped(error: BaseException) -> DBAPIError:
@@ -166,18 +166,8 @@ def test_an_unexpected_error_is_recorded_in_last_error(
         raise RuntimeError("a bug in the row builder")
 
     monkeypatch.setattr(pipeline.records, "to_rows", broken)
-    source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
-    with engine.begin() as conn:
-        feedstate.sync_source(conn, source, None)
-        feeds = feedstate.load_feeds(conn)
-    settings = Settings(retry_attempts=1)
-    fetcher = Fetcher(settings)
-    harvester = Harvester(engine=engine, fetcher=fetcher, settings=settings,
-                          sources={"sample": source}, stop=threading.Event())  # fmt: skip
-    try:
-        report = Worker(harvester, feeds, once=True).run()
-    finally:
-        fetcher.close()
+    harvester, feeds = sample_harvester(engine, publisher, Settings(retry_attempts=1))
+    report = run_once(harvester, feeds)
     assert len(report.failures) == len(feeds)
     for row in feed_rows(engine).values():
         assert row.state == "error"
@@ -203,14 +193,7 @@ def test_feeds_of_one_host_take_turns_and_each_resumes_where_it_stopped(
 def take_turns(engine: Engine, publisher: SamplePublisher, monkeypatch: pytest.MonkeyPatch) -> None:
     from harvester import pipeline
 
-    source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
-    with engine.begin() as conn:
-        feedstate.sync_source(conn, source, None)
-        feeds = feedstate.load_feeds(conn)
-    settings = Settings(max_connections_per_host=1)
-    fetcher = Fetcher(settings)
-    harvester = Harvester(engine=engine, fetcher=fetcher, settings=settings,
-                          sources={"sample": source}, stop=threading.Event())  # fmt: skip
+    harvester, feeds = sample_harvester(engine, publisher, Settings(max_connections_per_host=1))
     turns: list[tuple[int, bool]] = []
     harvest = harvester.harvest
 
@@ -220,13 +203,31 @@ def take_turns(engine: Engine, publisher: SamplePublisher, monkeypatch: pytest.M
         return progress
 
     monkeypatch.setattr(harvester, "harvest", recorded)
-    try:
-        report = Worker(harvester, feeds, once=True).run()
-    finally:
-        fetcher.close()
+    report = run_once(harvester, feeds)
     assert report.failures == {}
     # Every feed had its first turn before any feed had a second: none waited for the
     # others to finish. Then no more turns were handed over: those left ran to their end.
     assert len({feed_id for feed_id, _ in turns[: len(feeds)]}) == len(feeds)
     assert [over for _, over in turns] == [True] * (len(feeds) - 1) + [False] * len(feeds)
     assert_holds_exactly(engine, publisher)
+
+
+def sample_harvester(
+    engine: Engine, publisher: SamplePublisher, settings: Settings
+) -> tuple[Harvester, list[FeedRow]]:
+    """An in-process harvester of the publisher's feeds (one source), and those feeds."""
+    source = Source(name="sample", feeds=tuple(publisher.feed_urls.values()))
+    with engine.begin() as conn:
+        feedstate.sync_source(conn, source, None)
+        feeds = feedstate.load_feeds(conn)
+    harvester = Harvester(engine=engine, fetcher=Fetcher(settings), settings=settings,
+                          sources={"sample": source}, stop=threading.Event())  # fmt: skip
+    return harvester, feeds
+
+
+def run_once(harvester: Harvester, feeds: list[FeedRow]) -> RunReport:
+    """`run --once` over the feeds, in process; the client is closed after."""
+    try:
+        return Worker(harvester, feeds, once=True).run()
+    finally:
+        harvester.fetcher.close()
