@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import (
     __version__,
+    allocator,
     attribution,
     bookability,
     database,
@@ -64,6 +65,7 @@ FAILURES: tuple[tuple[type[HarvesterError], str, int], ...] = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m harvester`."""
     args = build_parser().parse_args(argv)
+    allocator.limit_arenas()  # before any thread starts
     exit_on_signals()
     try:
         setup_logging(args.log_level, args.log_format)

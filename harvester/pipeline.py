@@ -21,11 +21,12 @@ from typing import TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from harvester import metrics, pagewrite, parents, records, rpde
+from harvester import backlog, metrics, pagewrite, parents, records, rpde
 from harvester.config import Settings, Source
 from harvester.errors import database_fault
 from harvester.feedstate import FeedRow
 from harvester.fetch import Fetcher, retrying
+from harvester.gate import PriorityGate
 from harvester.pagewrite import PageWrite
 from harvester.readahead import PageStream
 
@@ -38,9 +39,6 @@ PARENT_WAIT_SECONDS = 120.0
 # items: one lock, COPY, upsert, position update and commit for several pages. How far
 # ahead a feed reads is bounded in bytes (a feed of large pages reads one ahead).
 BATCH_ITEMS = 2_000
-# How long a feed harvests before handing its host's turn to a feed of the same host that
-# has not started yet (a few dozen pages: a turn ends after what was read is written).
-TURN_SECONDS = 10.0
 READ_AHEAD_BYTES = 2 * 1024 * 1024
 
 
@@ -104,13 +102,13 @@ class ParseBudget:
 
     def __init__(self, slots: int = 4, large_bytes: int = 1024 * 1024) -> None:
         self.large_bytes = large_bytes
-        self.turns = threading.BoundedSemaphore(slots)
+        self.turns = PriorityGate(slots)
         self.large_turn = threading.BoundedSemaphore(1)
 
     @contextmanager
-    def slot(self, size: int) -> Iterator[None]:
-        """Hold a turn while a page of `size` bytes is parsed."""
-        with self.turns:
+    def slot(self, size: int, urgency: float = 0.0) -> Iterator[None]:
+        """Hold a turn while a page of `size` bytes is parsed (the most urgent feed first)."""
+        with self.turns.turn(urgency):
             if size < self.large_bytes:
                 yield
                 return
@@ -119,6 +117,10 @@ class ParseBudget:
 
 
 PARSES = ParseBudget()
+# Pages written at once by this process. More writers than this only contend inside
+# PostgreSQL (it spent 61 s of CPU on the ecosystem run with one writer per feed in
+# flight, 54 s with 4), and a turn goes to the feed with the most left.
+WRITES = PriorityGate(4)
 
 
 @dataclass
@@ -204,6 +206,10 @@ class Harvester:
     on_page: Callable[[FeedRow, Progress], None] | None = None
     # Whether a feed of this feed's host waits for its first turn (worker.Worker).
     host_waited_for: Callable[[FeedRow], bool] | None = None
+    # What each feed's pages so far say of its size, and the urgency of each feed's turns
+    # (backlog.rank_feeds, worked out by the worker; feeds not ranked share one urgency).
+    backlogs: dict[int, backlog.Backlog] = field(default_factory=dict)
+    ranks: dict[int, float] = field(default_factory=dict)
     parents_first: ParentsFirst = field(default_factory=ParentsFirst)
     parent_cache: parents.ParentCache = field(default_factory=parents.ParentCache)
 
@@ -237,16 +243,21 @@ class Harvester:
                             self.stopping, READ_AHEAD_BYTES)  # fmt: skip
         try:
             while not self.stopping():
-                batch = take_batch(stream)
-                if not batch:
+                first = stream.take()
+                if first is None:
                     break
-                progress.waited += self.give_way(feed, batch, patience)
-                feed, batch, swept = self.write(feed, batch)
+                progress.waited += self.give_way(feed, first, patience)
+                with self.write_turn(feed, stream):
+                    # Gathered once the turn is had: what was read meanwhile joins the batch.
+                    batch = extend_batch(stream, first)
+                    for parsed in batch[1:]:
+                        self.parents_first.saw(feed, parsed, parsed.ends_feed)
+                    feed, batch, swept = self.write(feed, batch)
                 progress.swept += swept
                 for parsed in batch:
                     self.count(feed, progress, parsed, parsed.ends_feed)
                 ended = batch[-1].ends_feed
-                del batch, parsed  # written: freed before the next batch is waited for
+                del batch, parsed, first  # written: freed before the next batch is waited for
                 if ended:
                     break
                 if not progress.handed_over and self.hands_over(feed, progress):
@@ -258,22 +269,34 @@ class Harvester:
         return progress
 
     def hands_over(self, feed: FeedRow, progress: Progress) -> bool:
-        """A long harvest gives its host's turn to a feed of that host still waiting for its
-        first: so a large feed never waits until all the feeds listed before it are done.
-        It resumes from its committed position."""
-        if progress.working_seconds + progress.waited < TURN_SECONDS:
-            return False
+        """A harvest gives its host's turn, once it has written what it read, to a feed of
+        that host not read yet: so every feed's first page comes early and shows how much
+        it has left (backlog), and a large feed never waits behind all those listed before
+        it. It resumes from its committed position."""
         return self.host_waited_for is not None and self.host_waited_for(feed)
 
-    def give_way(self, feed: FeedRow, batch: list[Parsed], until: float) -> float:
-        """Parents go first: mark a parent feed busy, or let pages of children wait.
+    @contextmanager
+    def write_turn(self, feed: FeedRow, stream: PageStream[Parsed]) -> Iterator[None]:
+        """Hold one of the process's write turns (WRITES); the feed reads no further while
+        it waits for one."""
+        with stream.paused():
+            WRITES.acquire(self.urgency(feed))
+        try:
+            yield
+        finally:
+            WRITES.release()
+
+    def urgency(self, feed: FeedRow) -> float:
+        """How urgent the feed's turns at parsing and writing are (backlog.rank_feeds)."""
+        return self.ranks.get(feed.id, 0.0)
+
+    def give_way(self, feed: FeedRow, parsed: Parsed, until: float) -> float:
+        """Parents go first: mark a parent feed busy, or let a page of children wait.
 
         Returns the seconds waited.
         """
-        for parsed in batch:
-            self.parents_first.saw(feed, parsed, parsed.ends_feed)
-        children = any(parsed.holds_children for parsed in batch)
-        if not children or any(parsed.holds_parents for parsed in batch):
+        self.parents_first.saw(feed, parsed, parsed.ends_feed)
+        if not parsed.holds_children or parsed.holds_parents:
             return 0.0
         started = time.monotonic()
         self.parents_first.wait(feed.source, until, self.stopping)
@@ -286,7 +309,7 @@ class Harvester:
             with attempt:
                 response = self.fetcher.get(url, source.headers)
                 size = len(response.body)
-                with PARSES.slot(size):
+                with PARSES.slot(size, self.urgency(feed)):
                     page = rpde.parse_page(url, response.body)
                     parsed = Parsed.of(page, response.max_age, size, feed.purpose)
         rpde.check_origin(feed.url, parsed.next_url)
@@ -343,9 +366,10 @@ class Harvester:
         progress.items += len(parsed.rows)
         # How far behind the feed is, when `modified` is a time (report.behind).
         modified = [row.modified for row in parsed.rows if row.modified is not None]
-        if progress.newest_modified is not None:
-            modified.append(progress.newest_modified)
-        progress.newest_modified = max(modified, default=None)
+        span = (min(modified), max(modified)) if modified else None
+        if span is not None:
+            progress.newest_modified = max(span[1], progress.newest_modified or span[1])
+        self.backlogs.setdefault(feed.id, backlog.Backlog()).note_page(span, len(parsed.rows), last)
         if last:
             progress.finished_at = time.monotonic()
         progress.rejected += len(parsed.rejected)
@@ -366,15 +390,12 @@ class Harvester:
             self.on_page(feed, progress)
 
 
-def take_batch(stream: PageStream[Parsed]) -> list[Parsed]:
-    """The next page, and those already read after it, up to BATCH_ITEMS items in all.
+def extend_batch(stream: PageStream[Parsed], first: Parsed) -> list[Parsed]:
+    """The page `first`, and those already read after it, up to BATCH_ITEMS items in all.
 
     A batch ends at a feed's end and at a large page (PARSES): large pages are not
     gathered, so memory stays that of one written page and one read ahead.
     """
-    first = stream.take()
-    if first is None:
-        return []
     batch, items = [first], len(first.rows)
     while not batch[-1].ends_feed and batch[-1].size < PARSES.large_bytes:
         following = stream.take_ready()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
 
@@ -74,6 +75,7 @@ class PageStream(Generic[P]):
         self.changed = threading.Condition()
         self.closed = False
         self.finishing = False  # read no further; what is read is still taken
+        self.pauses = 0  # while above 0, read nothing more (`paused`)
         self.read_all = False  # the reader has stopped: once `ready` is empty, the end
         threading.Thread(
             target=self.read, args=(first_url,), name="harvester-fetch", daemon=True
@@ -106,8 +108,8 @@ class PageStream(Generic[P]):
         """Wait until a page of about `size` bytes fits ahead; False once closed."""
         with self.changed:
             # Re-checked every 0.2 s: the process budget frees as other streams write.
-            while self.ready and (self.held + size > self.ahead_bytes
-                                  or not self.budget.fits(size)):  # fmt: skip
+            while self.pauses or (self.ready and (self.held + size > self.ahead_bytes
+                                                  or not self.budget.fits(size))):  # fmt: skip
                 if self.closed or self.finishing or self.stopping():
                     return False
                 self.changed.wait(0.2)
@@ -148,6 +150,23 @@ class PageStream(Generic[P]):
         self.budget.add(-entry.size)
         self.changed.notify_all()
         return entry
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Read nothing more during the block (the request in flight still ends).
+
+        For a writer queued behind more urgent feeds (pipeline.WRITES): pages read while
+        it waits would only wait too, each several times its size in memory, and by the
+        time its turn comes the next page is one latency away at most.
+        """
+        with self.changed:
+            self.pauses += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.pauses -= 1
+                self.changed.notify_all()
 
     def finish(self) -> None:
         """Read no further: the page being fetched and those ready are still taken, then

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from harvester import rpde
 from harvester.feedstate import FeedRow
 from harvester.pipeline import Harvester, Progress
 
@@ -193,21 +194,8 @@ def behind(progress: Progress, wall: datetime) -> float | None:
     time (Unix seconds or milliseconds, or .NET ticks); None when it is a change number.
     A publisher's clock ahead of ours counts as not behind."""
     modified = progress.newest_modified
-    if modified is None:
-        return None
-    for low, high, to_seconds in MODIFIED_CLOCKS:
-        if low <= modified < high:
-            return round(max(0.0, wall.timestamp() - to_seconds(modified)), 1)
-    return None
-
-
-# `modified` ranges that read as times from 2001 to 2286, and how to make seconds of them.
-MODIFIED_CLOCKS: tuple[tuple[int, int, Callable[[int], float]], ...] = (
-    (10**9, 10**10, float),  # Unix seconds
-    (10**12, 10**13, lambda value: value / 1000),  # Unix milliseconds
-    (631_139_040_000_000_000, 721_000_000_000_000_000,  # .NET ticks (100 ns from year 1)
-     lambda value: (value - 621_355_968_000_000_000) / 10**7),
-)  # fmt: skip
+    seconds = None if modified is None else rpde.modified_seconds(modified)
+    return None if seconds is None else round(max(0.0, wall.timestamp() - seconds), 1)
 
 
 def describe_figures(figures: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import math
 import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -249,6 +250,24 @@ def check_origin(feed_url: str, next_url: str) -> None:
         raise ForeignNextUrl(
             f"{feed_url}: `next` points to another origin, refused: {next_url}", url=next_url
         )
+
+
+# `modified` ranges that read as times from 2001 to 2286, and how to make seconds of them.
+MODIFIED_CLOCKS: tuple[tuple[int, int, Callable[[int], float]], ...] = (
+    (10**9, 10**10, float),  # Unix seconds
+    (10**12, 10**13, lambda value: value / 1000),  # Unix milliseconds
+    (631_139_040_000_000_000, 721_000_000_000_000_000,  # .NET ticks (100 ns from year 1)
+     lambda value: (value - 621_355_968_000_000_000) / 10**7),
+)  # fmt: skip
+
+
+def modified_seconds(modified: int) -> float | None:
+    """An integer `modified` as Unix seconds, when it reads as a time (RPDE 1.0 lets it be a
+    timestamp or a change number: a change number gives None)."""
+    for low, high, to_seconds in MODIFIED_CLOCKS:
+        if low <= modified < high:
+            return to_seconds(modified)
+    return None
 
 
 def host_key(url: str) -> str:

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
-from harvester import feedstate, metrics, redact
+from harvester import backlog, feedstate, metrics, redact
 from harvester.errors import (
     FatalFeedError,
     FeedError,
@@ -42,6 +42,7 @@ from harvester.rpde import host_key
 
 logger = logging.getLogger(__name__)
 
+RANK_SECONDS = 0.5  # how often the feeds' urgency is worked out again (backlog.rank_feeds)
 ERROR_RETRY_SECONDS = 3600.0  # a feed in error is tried again hourly by `run`
 DATABASE_RETRY_SECONDS = (1.0, 30.0)  # back-off range while the database is away
 
@@ -101,9 +102,11 @@ class Worker:
         self.finished: set[int] = set()
         self.report = RunReport()
         self.host_running: Counter[str] = Counter()
-        self.parked: dict[str, deque[int]] = defaultdict(deque)  # due, waiting for their host
+        self.waiting: dict[int, None] = {}  # due, waiting for room (insertion-ordered)
+        self.host_of: dict[int, str] = {}
         self.refresh = refresh
         self.started: set[int] = set()  # feeds that have had a turn in this run
+        self.next_ranking = 0.0
         harvester.host_waited_for = self.host_has_unstarted
         if refresh is not None:
             refresh.next_at = time.monotonic() + refresh.seconds
@@ -119,6 +122,7 @@ class Worker:
         for feed in feeds:
             if feed.id not in self.feeds:
                 self.feeds[feed.id] = feed
+                self.host_of[feed.id] = host_key(feed.url)
                 self.schedule_stored(feed)
 
     def set_feeds(self, feeds: list[FeedRow]) -> None:
@@ -128,6 +132,10 @@ class Worker:
         for feed_id in [feed_id for feed_id in self.feeds if feed_id not in wanted]:
             del self.feeds[feed_id]
             self.finished.discard(feed_id)
+            self.waiting.pop(feed_id, None)
+            self.harvester.backlogs.pop(feed_id, None)
+            if feed_id not in self.running:  # else needed until its outcome frees its host
+                del self.host_of[feed_id]
         self.add_feeds(feeds)
 
     def run(self) -> RunReport:
@@ -137,6 +145,7 @@ class Worker:
                 self.collect_outcomes()
                 self.refresh_feeds()
                 self.renew_leases()
+                self.rank_feeds(time.monotonic())
                 self.start_due_feeds()
                 metrics.HEALTH.tick(self.database_failures == 0)
                 self.wait_for_work()
@@ -200,22 +209,52 @@ class Worker:
             self.wake.notify_all()
 
     def start_due_feeds(self) -> None:
-        """Start the feeds whose time has come, within the host and thread budgets."""
+        """Start the feeds whose time has come, most urgent first, within the host and
+        thread budgets."""
         now = time.monotonic()
-        while self.due and self.due[0][0] <= now and len(self.running) < self.settings.workers:
+        while self.due and self.due[0][0] <= now:
             _, feed_id = heapq.heappop(self.due)
-            if feed_id in self.running or feed_id in self.finished or feed_id not in self.feeds:
-                continue
-            host = host_key(self.feeds[feed_id].url)
-            if self.host_running[host] >= self.settings.max_connections_per_host:
-                self.parked[host].append(feed_id)  # started when one of its host's ends
-                continue
-            # Claimed by the harvest's own thread: hundreds of feeds start side by side,
-            # not one lease statement after another in this loop.
-            self.running.add(feed_id)
-            self.started.add(feed_id)
-            self.host_running[host] += 1
-            run_in_background(lambda feed=self.feeds[feed_id]: self.harvest(feed))
+            if (
+                feed_id not in self.running
+                and feed_id not in self.finished
+                and feed_id in self.feeds
+            ):
+                self.waiting[feed_id] = None
+        if not self.waiting or len(self.running) >= self.settings.workers:
+            return
+        ranks = self.harvester.ranks
+        # sorted() is stable: among equals, the feed waiting longest starts first.
+        for feed_id in sorted(self.waiting, key=lambda f: ranks.get(f, 0.0), reverse=True):
+            if len(self.running) >= self.settings.workers:
+                break
+            host = self.host_of[feed_id]
+            if self.host_running[host] < self.settings.max_connections_per_host:
+                self.start(feed_id, host)
+
+    def rank_feeds(self, now: float) -> None:
+        """Work out every feed's urgency again (at most every RANK_SECONDS): the order in
+        which waiting feeds start and harvests get their parse and write turns."""
+        if now < self.next_ranking:
+            return
+        self.next_ranking = now + RANK_SECONDS
+        holds_parents = self.harvester.parents_first.holds_parents
+        placements = {feed_id: backlog.Placement(self.host_of[feed_id], feed.source,
+                                                 holds_parents.get(feed_id, False))
+                      for feed_id, feed in self.feeds.items()}  # fmt: skip
+        self.harvester.ranks = backlog.rank_feeds(
+            placements, self.harvester.backlogs, time.time(),
+            self.settings.max_connections_per_host,
+        )  # fmt: skip
+
+    def start(self, feed_id: int, host: str) -> None:
+        """Start one feed's harvest in its own thread."""
+        del self.waiting[feed_id]
+        # Claimed by the harvest's own thread: hundreds of feeds start side by side,
+        # not one lease statement after another in this loop.
+        self.running.add(feed_id)
+        self.started.add(feed_id)
+        self.host_running[host] += 1
+        run_in_background(lambda feed=self.feeds[feed_id]: self.harvest(feed))
 
     def claim(self, feed_id: int) -> bool:
         """Take the feed's lease (always true without an owner: a single worker)."""
@@ -382,26 +421,20 @@ class Worker:
         with self.wake:
             outcomes, self.outcomes = self.outcomes, []
         for outcome in outcomes:
-            self.running.discard(outcome.feed.id)
-            self.free_host(host_key(outcome.feed.url))
-            if outcome.feed.id in self.feeds:  # else dropped by set_feeds meanwhile
+            feed_id = outcome.feed.id
+            self.running.discard(feed_id)
+            self.host_running[self.host_of[feed_id]] -= 1
+            if feed_id in self.feeds:
                 self.settle(outcome)
+            else:  # dropped by set_feeds meanwhile
+                del self.host_of[feed_id]
 
     def host_has_unstarted(self, feed: FeedRow) -> bool:
         """A feed of this feed's host waits for its first turn. Only a first turn preempts:
-        once every feed of a host has started, the long ones (the catch-up's critical
-        path) run on to their end."""
-        parked = self.parked.get(host_key(feed.url))
-        return bool(parked) and any(feed_id not in self.started for feed_id in list(parked))
-
-    def free_host(self, host: str) -> None:
-        """A harvest on `host` ended: the next of its parked feeds may start."""
-        self.host_running[host] -= 1
-        parked = self.parked.get(host)
-        if parked:
-            self.schedule(parked.popleft(), 0.0)
-            if not parked:
-                del self.parked[host]
+        once every feed of a host has started, the most urgent run on to their end."""
+        host = self.host_of.get(feed.id)
+        return any(feed_id not in self.started and self.host_of.get(feed_id) == host
+                   for feed_id in list(self.waiting))  # fmt: skip
 
     def settle(self, outcome: FeedOutcome) -> None:
         """Count, report and reschedule one outcome."""

@@ -179,11 +179,11 @@ def test_an_unexpected_error_is_recorded_in_last_error(
 def test_feeds_of_one_host_take_turns_and_each_resumes_where_it_stopped(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Four feeds on one host, one at a time, first turns of a page or two: each starts
-    before any finishes, then each runs on to its end; every item is held once."""
+    """Four feeds on one host, one at a time, first turns of one batch: each starts
+    before any finishes, then each runs on to its end, most left first; every item is
+    held once."""
     from harvester import pipeline
 
-    monkeypatch.setattr(pipeline, "TURN_SECONDS", 0.0)
     monkeypatch.setattr(pipeline, "BATCH_ITEMS", 1)  # a batch is one page
     monkeypatch.setattr(pipeline, "READ_AHEAD_BYTES", 1)  # one page read ahead
     with SamplePublisher(items=2_000, page_size=10, last_page_max_age=0) as publisher:

@@ -20,7 +20,7 @@ from harvester import feedstate, pagewrite, pipeline, rpde
 from harvester.config import Source
 from harvester.feedstate import FeedRow
 from harvester.pagewrite import PageWrite
-from harvester.pipeline import BATCH_ITEMS, Parsed, take_batch
+from harvester.pipeline import BATCH_ITEMS, Parsed, extend_batch
 from harvester.readahead import PROCESS_BUDGET, PageStream
 
 
@@ -100,6 +100,20 @@ def test_a_large_page_is_read_alone_ahead() -> None:
     stream.close()
 
 
+def test_a_paused_stream_reads_nothing_more_until_the_pause_ends() -> None:
+    publisher = Publisher(pages=10**9, size=1)  # read on and on while it may
+    stream = stream_of(publisher, ahead_bytes=10**9)
+    stream.take()  # what a writer holds while it waits for its write turn
+    with stream.paused():
+        time.sleep(0.2)
+        fetched = len(publisher.fetched)
+        time.sleep(0.3)
+        assert len(publisher.fetched) == fetched  # at most the request in flight ended
+    time.sleep(0.3)
+    assert len(publisher.fetched) > fetched
+    stream.close()
+
+
 # --- batches -----------------------------------------------------------------------------
 
 URL = "https://publisher.example/feed"
@@ -142,7 +156,7 @@ def test_a_batch_gathers_ready_pages_up_to_its_item_count() -> None:
     pages = [parsed_page(n, [item(f"{n}-{i}", 1) for i in range(per_page)]) for n in range(9)]
     stream = ReadyStream(pages)
     sizes = []
-    while batch := take_batch(stream):  # type: ignore[arg-type]
+    while batch := take_batch(stream):
         sizes.append(len(batch))
     assert sizes == [BATCH_ITEMS // per_page] * 2 + [1]
 
@@ -153,7 +167,13 @@ def test_a_batch_ends_at_the_feeds_end_and_at_a_large_page() -> None:
              parsed_page(2, [item("c", 1)]), parsed_page(3, [], last=True),
              parsed_page(4, [item("d", 1)])]  # fmt: skip
     stream = ReadyStream(pages)
-    assert [len(take_batch(stream)) for _ in range(3)] == [2, 2, 1]  # type: ignore[arg-type]
+    assert [len(take_batch(stream)) for _ in range(3)] == [2, 2, 1]
+
+
+def take_batch(stream: ReadyStream) -> list[Parsed]:
+    """What the writer does: the next page, then those ready after it (pipeline.extend_batch)."""
+    first = stream.take()
+    return [] if first is None else extend_batch(stream, first)  # type: ignore[arg-type]
 
 
 def add_feed(engine: Engine, name: str) -> FeedRow:
