@@ -99,6 +99,10 @@ class Worker:
         self.feeds: dict[int, FeedRow] = {}
         self.due: list[tuple[float, int]] = []
         self.running: set[int] = set()
+        # Of those, the feeds whose lease is taken: only theirs are renewed. A renewal
+        # locks its rows, and a claim skips a locked row (another worker's, it presumes),
+        # so renewing a feed whose claim was still to come made that claim fail.
+        self.claimed: set[int] = set()
         self.finished: set[int] = set()
         self.report = RunReport()
         self.host_running: Counter[str] = Counter()
@@ -263,22 +267,25 @@ class Worker:
             return True
         try:
             with self.harvester.engine.begin() as conn:
-                return feedstate.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
+                claimed = feedstate.claim_feed(conn, feed_id, owner, self.settings.lease_seconds)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             self.loop_database_failure(exc)
             return False
+        if claimed:
+            self.claimed.add(feed_id)
+        return claimed
 
     def renew_leases(self) -> None:
         """Keep the leases of feeds in hand alive between pages (a slow publisher, a retry)."""
         owner = self.harvester.owner
         now = time.monotonic()
-        if owner is None or not self.running or now < self.next_renewal:
+        if owner is None or not self.claimed or now < self.next_renewal:
             return
         self.next_renewal = now + self.settings.lease_seconds / 3
         try:
             with self.harvester.engine.begin() as conn:
-                running = sorted(self.running)
-                feedstate.renew_leases(conn, running, owner, self.settings.lease_seconds)
+                claimed = sorted(self.claimed)
+                feedstate.renew_leases(conn, claimed, owner, self.settings.lease_seconds)
         except (DBAPIError, SQLAlchemyTimeout) as exc:
             self.loop_database_failure(exc)
 
@@ -423,6 +430,7 @@ class Worker:
         for outcome in outcomes:
             feed_id = outcome.feed.id
             self.running.discard(feed_id)
+            self.claimed.discard(feed_id)
             self.host_running[self.host_of[feed_id]] -= 1
             if feed_id in self.feeds:
                 self.settle(outcome)

@@ -231,3 +231,41 @@ def run_once(harvester: Harvester, feeds: list[FeedRow]) -> RunReport:
         return Worker(harvester, feeds, once=True).run()
     finally:
         harvester.fetcher.close()
+
+
+def test_a_lease_renewal_never_makes_a_starting_feeds_claim_fail(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal locks its feeds' rows and a claim skips a locked row (another worker's):
+    a renewal that took in a feed just started, before its claim, made that claim fail
+    and the feed wait half a lease. Only feeds whose lease is taken are renewed."""
+    source = Source(name="src", feeds=("https://publisher.example/feed",))
+    with engine.begin() as conn:
+        feedstate.sync_source(conn, source, None)
+        (feed,) = feedstate.load_feeds(conn)
+        # Its last harvest here took the lease, which holds until it runs out.
+        assert feedstate.claim_feed(conn, feed.id, "me", 15.0)
+    settings = Settings()
+    harvester = Harvester(engine=engine, fetcher=Fetcher(settings), settings=settings,
+                          sources={"src": source}, owner="me", stop=threading.Event())  # fmt: skip
+    worker = Worker(harvester, [feed], once=False)
+    renewed: list[list[int]] = []
+    renew = feedstate.renew_leases
+
+    def slow_renewal(conn: Any, ids: list[int], owner: str, seconds: float) -> None:
+        renewed.append(list(ids))
+        renew(conn, ids, owner, seconds)
+        threading.Event().wait(0.5)  # its transaction, and the rows' locks, stay open
+
+    monkeypatch.setattr(feedstate, "renew_leases", slow_renewal)
+    worker.running.add(feed.id)  # started: its harvest thread is about to claim it
+    renewal = threading.Thread(target=worker.renew_leases)
+    renewal.start()
+    threading.Event().wait(0.1)
+    assert worker.claim(feed.id)
+    renewal.join(5)
+    assert renewed == []
+    worker.next_renewal = 0.0
+    worker.renew_leases()
+    assert renewed == [[feed.id]]
+    harvester.fetcher.close()
