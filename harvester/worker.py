@@ -434,8 +434,9 @@ class Worker:
             self.host_running[self.host_of[feed_id]] -= 1
             if feed_id in self.feeds:
                 self.settle(outcome)
-            else:  # dropped by set_feeds meanwhile
+            else:  # dropped by set_feeds meanwhile; its last pages may have noted a backlog
                 del self.host_of[feed_id]
+                self.harvester.backlogs.pop(feed_id, None)
 
     def host_has_unstarted(self, feed: FeedRow) -> bool:
         """A feed of this feed's host waits for its first turn. Only a first turn preempts:
